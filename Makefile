@@ -1,0 +1,26 @@
+# The two commands a new user needs, and the steps they rest on.
+#   make run    featurize the sample images on the embedded engine (OUTPUT=out by default)
+#   make test   build everything and run every test
+SHARED ?= ../shared
+INPUT  ?= $(SHARED)/data/fruits-360
+MODEL  ?= $(SHARED)/models/mobilenetv2_features.onnx
+OUTPUT ?= out
+CARGO  ?= cargo
+
+.PHONY: setup build run test bench
+
+setup:
+	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+	./scripts/setup-onnxruntime.sh
+
+build: setup
+	$(CARGO) build --release --workspace --bins
+
+run: build
+	$(CARGO) run --release --quiet --bin fruits -- run --input "$(INPUT)" --output "$(OUTPUT)" --model "$(MODEL)"
+
+test: build
+	$(CARGO) test --release --workspace
+
+bench: build
+	$(CARGO) run --release --quiet --bin fruits -- bench --input "$(INPUT)" --model "$(MODEL)"

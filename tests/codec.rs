@@ -1,0 +1,66 @@
+//! The `images` table, its scan and `featurize` survive the protobuf round trip that carries
+//! plans from client to scheduler to executors, and the decoded plan computes the same rows.
+
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::util::pretty::pretty_format_batches;
+use datafusion::physical_plan::{ExecutionPlan, collect, displayable};
+use datafusion::prelude::{SessionConfig, SessionContext};
+use datafusion_proto::bytes::{
+    logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
+    physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
+};
+use fruits_tests::{model_path, sample_dir};
+use fruits_udfs::{Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, ModelConfig, Parallelism, ScanOptions};
+
+const QUERY: &str = "SELECT path, label, featurize(content) AS features FROM images WHERE label = 'Mangostan' ORDER BY path LIMIT 5";
+
+fn context() -> SessionContext {
+    let featurizer = Arc::new(Featurizer::load(ModelConfig::new(model_path()), Parallelism::for_task_slots(2)).expect("model"));
+    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
+    fruits_udfs::register(&ctx, &featurizer);
+    let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100 }).expect("table");
+    ctx.register_table("images", Arc::new(table)).expect("register");
+    ctx
+}
+
+fn show(batches: &[RecordBatch]) -> String {
+    pretty_format_batches(batches).expect("format").to_string()
+}
+
+#[tokio::test]
+async fn logical_plan_round_trip_keeps_table_and_udf() {
+    let ctx = context();
+    let plan = ctx.sql(QUERY).await.expect("sql").into_optimized_plan().expect("plan");
+    let codec = FruitsLogicalCodec::default();
+    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &codec).expect("encode");
+    let decoded = logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).expect("decode");
+    assert_eq!(format!("{}", decoded.display_indent_schema()), format!("{}", plan.display_indent_schema()));
+
+    let expected = ctx.execute_logical_plan(plan).await.expect("run").collect().await.expect("collect");
+    let actual = ctx.execute_logical_plan(decoded).await.expect("run").collect().await.expect("collect");
+    assert_eq!(show(&actual), show(&expected));
+    assert_eq!(expected.iter().map(RecordBatch::num_rows).sum::<usize>(), 5);
+}
+
+#[tokio::test]
+async fn physical_plan_round_trip_keeps_the_file_groups() {
+    let ctx = context();
+    let plan = ctx.sql(QUERY).await.expect("sql").create_physical_plan().await.expect("physical plan");
+    let codec = FruitsPhysicalCodec::default();
+    let bytes = physical_plan_to_bytes_with_extension_codec(Arc::clone(&plan), &codec).expect("encode");
+    let decoded: Arc<dyn ExecutionPlan> =
+        physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).expect("decode");
+
+    let before = displayable(plan.as_ref()).indent(true).to_string();
+    let after = displayable(decoded.as_ref()).indent(true).to_string();
+    assert_eq!(after, before);
+    // 4,835 files at most 100 per partition, rounded up to a multiple of 4 slots.
+    assert!(before.contains("DataSourceExec: file_groups={52 groups"), "{before}");
+    assert!(before.contains("file_type=images"), "{before}");
+
+    let expected = collect(plan, ctx.task_ctx()).await.expect("run original");
+    let actual = collect(decoded, ctx.task_ctx()).await.expect("run decoded");
+    assert_eq!(show(&actual), show(&expected));
+}

@@ -1,0 +1,223 @@
+//! `fruits run` and `fruits sql` on the embedded engine, as a user runs them: the real binary,
+//! the real model, the shared sample images.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use fruits_tests::*;
+
+fn model() -> String {
+    model_path().display().to_string()
+}
+
+fn run_job(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+    let (input, output, model) = (input.display().to_string(), output.display().to_string(), model());
+    let mut args = vec!["run", "--input", &input, "--output", &output, "--model", &model];
+    args.extend_from_slice(extra);
+    fruits(&args)
+}
+
+#[test]
+fn run_featurizes_the_whole_sample_like_the_reference() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = run_job(&sample_dir(), out.path(), &[]);
+    assert_success(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("4835 images from"), "{stdout}");
+    assert!(stdout.contains("featurized 4835, failed 0"), "{stdout}");
+
+    let summary = read_summary(out.path());
+    assert_eq!((summary.rows_in, summary.rows_out, summary.featurized), (4835, 4835, 4835));
+    assert!(summary.failed.is_empty(), "{:?}", summary.failed);
+    assert_eq!(summary.feature_dim, 1280);
+
+    let rows = read_features(&out.path().join("features"));
+    assert_eq!(rows.len(), 4835);
+    let mut per_label = BTreeMap::new();
+    for row in &rows {
+        *per_label.entry(row.label.clone().expect("every sample image has a label")).or_insert(0) += 1;
+        let features = row.features.as_ref().unwrap_or_else(|| panic!("{} has no features", row.path));
+        assert_eq!(features.len(), 1280, "{}", row.path);
+        assert!(row.path.starts_with("file:///"), "{}", row.path);
+    }
+    let expected: BTreeMap<String, usize> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n)).collect();
+    assert_eq!(per_label, expected);
+
+    // Every path is distinct and its label is its folder.
+    let paths: std::collections::HashSet<_> = rows.iter().map(|r| r.path.as_str()).collect();
+    assert_eq!(paths.len(), rows.len());
+    for row in &rows {
+        let folder = row.path.rsplit('/').nth(1).expect("path has a folder");
+        assert_eq!(Some(folder), row.label.as_deref());
+    }
+
+    // Features agree with Pillow + onnxruntime on the reference images.
+    let reference = Reference::load();
+    let by_path: BTreeMap<&str, &FeatureRow> = rows.iter().map(|r| (r.path.as_str(), r)).collect();
+    let sample = sample_dir().canonicalize().expect("sample dir");
+    let mut worst = 1.0f64;
+    for image in &reference.images {
+        let url = format!("file://{}/{}", sample.display(), image.path);
+        let row = by_path.get(url.as_str()).unwrap_or_else(|| panic!("{url} missing from the output"));
+        let similarity = cosine(row.features.as_ref().expect("features"), &image.features);
+        assert!(similarity >= 0.999, "{}: cosine {similarity}", image.path);
+        worst = worst.min(similarity);
+    }
+    println!("minimum cosine against the Pillow+onnxruntime reference over {} images: {worst:.7}", reference.images.len());
+}
+
+/// Copies `n` images of `label` from the sample into `dir/label/`.
+fn copy_sample_images(dir: &Path, label: &str, n: usize) -> Vec<String> {
+    let from = sample_dir().join(label);
+    let to = dir.join(label);
+    std::fs::create_dir_all(&to).expect("mkdir");
+    let mut names: Vec<_> = std::fs::read_dir(&from).expect("read sample").map(|e| e.expect("entry").file_name()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .take(n)
+        .map(|name| {
+            std::fs::copy(from.join(&name), to.join(&name)).expect("copy");
+            name.to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
+#[test]
+fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
+    let input = tempfile::tempdir().expect("temp dir");
+    copy_sample_images(input.path(), "Banana", 3);
+    copy_sample_images(input.path(), "Apple Golden 1", 2);
+    let broken = input.path().join("Broken");
+    std::fs::create_dir_all(&broken).expect("mkdir");
+    let jpeg = std::fs::read(sample_dir().join("Banana/0_100.jpg")).expect("read jpeg");
+    std::fs::write(broken.join("truncated.jpg"), &jpeg[..jpeg.len() / 2]).expect("write");
+    std::fs::write(broken.join("empty.jpg"), b"").expect("write");
+    std::fs::write(broken.join("text.JPG"), b"this is not an image\n").expect("write");
+    std::fs::write(broken.join(".DS_Store"), b"\0\0\0\x01Bud1").expect("write");
+    std::fs::write(broken.join("notes.txt"), b"notes").expect("write");
+
+    let out = tempfile::tempdir().expect("temp dir");
+    let output = run_job(input.path(), out.path(), &[]);
+    assert_success(&output);
+
+    let summary = read_summary(out.path());
+    assert_eq!((summary.rows_in, summary.rows_out, summary.featurized), (8, 8, 5), "{summary:?}");
+    let failed: BTreeMap<String, String> = summary
+        .failed
+        .iter()
+        .map(|f| (f.path.rsplit('/').next().expect("file name").to_owned(), f.error.clone()))
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    assert_eq!(failed["truncated.jpg"], "truncated JPEG: the data ends before the image does");
+    assert_eq!(failed["empty.jpg"], "empty file (0 bytes)");
+    assert!(failed["text.JPG"].starts_with("not a JPEG or PNG image (file starts with 74 68 69 73"), "{}", failed["text.JPG"]);
+    assert!(summary.failed.iter().all(|f| f.label.as_deref() == Some("Broken")));
+
+    let rows = read_features(&out.path().join("features"));
+    assert_eq!(rows.len(), 8);
+    let nulls: Vec<_> = rows.iter().filter(|r| r.features.is_none()).map(|r| r.path.rsplit('/').next().unwrap_or_default()).collect();
+    assert_eq!(nulls.len(), 3, "{nulls:?}");
+    assert!(rows.iter().all(|r| !r.path.ends_with(".DS_Store") && !r.path.ends_with(".txt")));
+
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("featurized 5, failed 3"), "{stdout}");
+    assert!(stdout.contains("truncated.jpg: truncated JPEG"), "{stdout}");
+}
+
+#[test]
+fn rerunning_into_the_same_output_replaces_the_result() {
+    let input = tempfile::tempdir().expect("temp dir");
+    copy_sample_images(input.path(), "Pear", 2);
+    let out = tempfile::tempdir().expect("temp dir");
+    std::fs::create_dir_all(out.path().join("features")).expect("mkdir");
+    std::fs::write(out.path().join("features/part-00007.parquet"), b"stale").expect("write");
+    assert_success(&run_job(input.path(), out.path(), &[]));
+    assert_success(&run_job(input.path(), out.path(), &[]));
+    assert_eq!(read_features(&out.path().join("features")).len(), 2);
+    assert_eq!(read_summary(out.path()).files, vec!["features/part-00000.parquet"]);
+}
+
+#[test]
+fn errors_name_the_problem_and_exit_non_zero() {
+    let out = tempfile::tempdir().expect("temp dir");
+    let empty = tempfile::tempdir().expect("temp dir");
+    let sample = sample_dir().display().to_string();
+    let output_dir = out.path().display().to_string();
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (
+            vec!["run".into(), "--input".into(), "/nonexistent/photos".into(), "--output".into(), output_dir.clone(), "--model".into(), model()],
+            "input folder /nonexistent/photos does not exist",
+        ),
+        (
+            vec!["run".into(), "--input".into(), empty.path().display().to_string(), "--output".into(), output_dir.clone(), "--model".into(), model()],
+            "no image files (.jpg, .jpeg, .png) found under",
+        ),
+        (
+            vec!["run".into(), "--input".into(), sample.clone(), "--output".into(), output_dir.clone(), "--model".into(), "/nonexistent/model.onnx".into()],
+            "model file /nonexistent/model.onnx not found",
+        ),
+        (
+            vec!["run".into(), "--input".into(), sample.clone(), "--output".into(), output_dir.clone(), "--model".into(), model(), "--model-layout".into(), "nchw".into()],
+            "expected float32 [N, 3, 224, 224] (NCHW)",
+        ),
+        (
+            vec!["run".into(), "--input".into(), sample.clone(), "--output".into(), output_dir.clone(), "--model".into(), model(), "--model-output".into(), "logits".into()],
+            "no output named 'logits' (the model's outputs: features)",
+        ),
+        (
+            vec!["run".into(), "--input".into(), sample, "--output".into(), output_dir, "--model".into(), model(), "--ort-library".into(), "/nonexistent/libonnxruntime.so".into()],
+            "ONNX Runtime 1.31.1 library not found (looked for /nonexistent/libonnxruntime.so)",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = fruits(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}\n{stderr}");
+        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in\n{stderr}");
+    }
+    assert!(!out.path().join("summary.json").exists());
+}
+
+#[test]
+fn sql_runs_queries_against_images() {
+    let sample = sample_dir().display().to_string();
+    let model = model();
+    let output = fruits(&[
+        "sql",
+        "--input",
+        &sample,
+        "--model",
+        &model,
+        "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label",
+    ]);
+    assert_success(&output);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for (label, n) in SAMPLE_COUNTS {
+        let line = stdout.lines().find(|l| l.contains(label)).unwrap_or_else(|| panic!("{label} missing:\n{stdout}"));
+        assert!(line.contains(&format!(" {n} ")), "{line}");
+    }
+}
+
+#[test]
+fn sql_writes_featurize_results_to_parquet() {
+    let input = tempfile::tempdir().expect("temp dir");
+    copy_sample_images(input.path(), "Orange", 3);
+    let out = tempfile::tempdir().expect("temp dir");
+    let (input_arg, out_arg, model) = (input.path().display().to_string(), out.path().join("q").display().to_string(), model());
+    let output = fruits(&[
+        "sql",
+        "--input",
+        &input_arg,
+        "--model",
+        &model,
+        "--output",
+        &out_arg,
+        "SELECT path, label, featurize(content) AS features FROM images",
+    ]);
+    assert_success(&output);
+    let rows = read_features(&out.path().join("q"));
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r.label.as_deref() == Some("Orange") && r.features.as_ref().is_some_and(|f| f.len() == 1280)));
+}

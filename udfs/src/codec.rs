@@ -1,0 +1,203 @@
+//! Plan codecs that carry the `images` table and its scan between client, scheduler and
+//! executors.
+//!
+//! datafusion-proto only knows the built-in tables and file formats. These codecs wrap
+//! Ballista's own: our nodes are encoded as ours, everything else goes to Ballista's codec
+//! untouched, and a oneof tells the two apart on decoding.
+
+use std::sync::Arc;
+
+use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtensionCodec};
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::catalog::TableProvider;
+use datafusion::common::{TableReference, internal_datafusion_err};
+use datafusion::datasource::table_schema::TableSchema;
+use datafusion::datasource::physical_plan::FileScanConfig;
+use datafusion::datasource::source::DataSourceExec;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::TaskContext;
+use datafusion::logical_expr::{Extension, LogicalPlan};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion_proto::logical_plan::LogicalExtensionCodec;
+use datafusion_proto::physical_plan::from_proto::parse_protobuf_file_scan_config;
+use datafusion_proto::physical_plan::to_proto::serialize_file_scan_config;
+use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension};
+use prost::Message;
+
+use crate::table::{ImageSource, ImagesTable, ScanOptions, images_schema};
+
+/// Wire messages. Hand-written prost structs: two small messages do not justify a build step.
+mod wire {
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImagesTableNode {
+        #[prost(string, tag = "1")]
+        pub location: String,
+        #[prost(uint64, tag = "2")]
+        pub files_per_partition: u64,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct TableNode {
+        #[prost(oneof = "Table", tags = "1, 2")]
+        pub table: Option<Table>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Table {
+        #[prost(message, tag = "1")]
+        Images(ImagesTableNode),
+        /// Anything else, as encoded by the wrapped codec.
+        #[prost(bytes, tag = "2")]
+        Other(Vec<u8>),
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ImageScanNode {
+        #[prost(message, optional, tag = "1")]
+        pub base_conf: Option<datafusion_proto::protobuf::FileScanExecConf>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct PlanNode {
+        #[prost(oneof = "Plan", tags = "1, 2")]
+        pub plan: Option<Plan>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Plan {
+        #[prost(message, tag = "1")]
+        ImageScan(ImageScanNode),
+        #[prost(bytes, tag = "2")]
+        Other(Vec<u8>),
+    }
+}
+
+fn decode_error(what: &str, e: prost::DecodeError) -> DataFusionError {
+    internal_datafusion_err!("cannot decode {what}: {e}")
+}
+
+fn encode<M: Message>(message: &M, buf: &mut Vec<u8>) -> Result<()> {
+    message.encode(buf).map_err(|e| internal_datafusion_err!("cannot encode plan node: {e}"))
+}
+
+/// Logical codec: the `images` table travels as its location and scan options.
+#[derive(Debug)]
+pub struct FruitsLogicalCodec {
+    inner: Arc<dyn LogicalExtensionCodec>,
+}
+
+impl Default for FruitsLogicalCodec {
+    fn default() -> Self {
+        Self { inner: Arc::new(BallistaLogicalExtensionCodec::default()) }
+    }
+}
+
+impl LogicalExtensionCodec for FruitsLogicalCodec {
+    fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
+        self.inner.try_decode(buf, inputs, ctx)
+    }
+
+    fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
+        self.inner.try_encode(node, buf)
+    }
+
+    fn try_decode_table_provider(
+        &self,
+        buf: &[u8],
+        table_ref: &TableReference,
+        schema: SchemaRef,
+        ctx: &TaskContext,
+    ) -> Result<Arc<dyn TableProvider>> {
+        let node = wire::TableNode::decode(buf).map_err(|e| decode_error("table", e))?;
+        match node.table {
+            Some(wire::Table::Images(images)) => {
+                let options = ScanOptions { files_per_partition: images.files_per_partition as usize };
+                Ok(Arc::new(ImagesTable::try_new(&images.location, options)?))
+            }
+            Some(wire::Table::Other(inner)) => self.inner.try_decode_table_provider(&inner, table_ref, schema, ctx),
+            None => Err(internal_datafusion_err!("table node without a table")),
+        }
+    }
+
+    fn try_encode_table_provider(
+        &self,
+        table_ref: &TableReference,
+        node: Arc<dyn TableProvider>,
+        buf: &mut Vec<u8>,
+    ) -> Result<()> {
+        let table = match node.downcast_ref::<ImagesTable>() {
+            Some(images) => wire::Table::Images(wire::ImagesTableNode {
+                location: images.location().to_owned(),
+                files_per_partition: images.options().files_per_partition as u64,
+            }),
+            None => {
+                let mut inner = Vec::new();
+                self.inner.try_encode_table_provider(table_ref, node, &mut inner)?;
+                wire::Table::Other(inner)
+            }
+        };
+        encode(&wire::TableNode { table: Some(table) }, buf)
+    }
+}
+
+/// Physical codec: the image scan travels as a standard `FileScanConfig` (file groups,
+/// projection, statistics) that is rebuilt around an [`ImageSource`] on the other side.
+#[derive(Debug)]
+pub struct FruitsPhysicalCodec {
+    inner: Arc<dyn PhysicalExtensionCodec>,
+}
+
+impl Default for FruitsPhysicalCodec {
+    fn default() -> Self {
+        Self { inner: Arc::new(BallistaPhysicalExtensionCodec::default()) }
+    }
+}
+
+/// The `FileScanConfig` of `plan` if it is an image scan.
+fn image_scan(plan: &dyn ExecutionPlan) -> Option<&FileScanConfig> {
+    let exec = plan.downcast_ref::<DataSourceExec>()?;
+    let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
+    config.file_source().downcast_ref::<ImageSource>().map(|_| config)
+}
+
+impl PhysicalExtensionCodec for FruitsPhysicalCodec {
+    fn try_decode(
+        &self,
+        buf: &[u8],
+        inputs: &[Arc<dyn ExecutionPlan>],
+        ctx: &TaskContext,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let node = wire::PlanNode::decode(buf).map_err(|e| decode_error("plan", e))?;
+        match node.plan {
+            Some(wire::Plan::ImageScan(scan)) => {
+                let base = scan.base_conf.ok_or_else(|| internal_datafusion_err!("image scan without its FileScanConfig"))?;
+                let source = Arc::new(ImageSource::new(TableSchema::from(images_schema())));
+                let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
+                let config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
+                Ok(DataSourceExec::from_data_source(config))
+            }
+            Some(wire::Plan::Other(inner)) => self.inner.try_decode(&inner, inputs, ctx, proto_converter),
+            None => Err(internal_datafusion_err!("plan node without a plan")),
+        }
+    }
+
+    fn try_encode(
+        &self,
+        node: Arc<dyn ExecutionPlan>,
+        buf: &mut Vec<u8>,
+        proto_converter: &dyn PhysicalProtoConverterExtension,
+    ) -> Result<()> {
+        let plan = match image_scan(node.as_ref()) {
+            Some(config) => wire::Plan::ImageScan(wire::ImageScanNode {
+                base_conf: Some(serialize_file_scan_config(config, self, proto_converter)?),
+            }),
+            None => {
+                let mut inner = Vec::new();
+                self.inner.try_encode(node, &mut inner, proto_converter)?;
+                wire::Plan::Other(inner)
+            }
+        };
+        encode(&wire::PlanNode { plan: Some(plan) }, buf)
+    }
+}

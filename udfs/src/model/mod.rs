@@ -1,0 +1,243 @@
+//! The embedding model: ONNX Runtime sessions over one ONNX file, fed in batches.
+
+mod pool;
+mod runtime;
+
+use std::path::PathBuf;
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::{TensorElementType, TensorRef, ValueType};
+
+use crate::preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, preprocess_into};
+use pool::SessionPool;
+pub use runtime::{ORT_LIBRARY_ENV, ORT_VERSION, locate_library};
+
+/// Errors of the model runtime. Unlike a bad image, these stop the job: they mean the
+/// process cannot featurize anything.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(
+        "ONNX Runtime {ORT_VERSION} library not found (looked for {}); run `make setup` \
+         (scripts/setup-onnxruntime.sh) to install it, or give its path with --ort-library or {ORT_LIBRARY_ENV}",
+        .searched.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+    )]
+    RuntimeNotFound { searched: Vec<PathBuf> },
+    #[error("cannot load ONNX Runtime from {}: {message}", .path.display())]
+    RuntimeLoad { path: PathBuf, message: String },
+    #[error("model file {} not found", .0.display())]
+    ModelNotFound(PathBuf),
+    #[error("cannot load model {}: {message}", .path.display())]
+    ModelLoad { path: PathBuf, message: String },
+    #[error("model {} does not match the configuration: {message}", .path.display())]
+    Mismatch { path: PathBuf, message: String },
+    #[error("inference failed: {0}")]
+    Inference(String),
+}
+
+/// Which model to run and how to feed it. The defaults fit
+/// `mobilenetv2_features.onnx` (MobileNetV2 1.0/224, NHWC, [-1, 1], 1280 features).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub model_path: PathBuf,
+    /// ONNX Runtime library; `None` searches the default locations.
+    pub ort_library: Option<PathBuf>,
+    pub input_name: String,
+    pub output_name: String,
+    pub input: InputSpec,
+    /// Most images per inference call; larger calls are split.
+    pub max_batch: usize,
+    pub limits: DecodeLimits,
+}
+
+impl ModelConfig {
+    pub fn new(model_path: impl Into<PathBuf>) -> Self {
+        Self {
+            model_path: model_path.into(),
+            ort_library: None,
+            input_name: "input".to_owned(),
+            output_name: "features".to_owned(),
+            input: InputSpec::default(),
+            max_batch: 32,
+            limits: DecodeLimits::default(),
+        }
+    }
+}
+
+/// How many sessions to keep and how many threads each may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parallelism {
+    pub sessions: usize,
+    pub threads_per_session: usize,
+}
+
+impl Parallelism {
+    /// One session per task slot, the machine's cores shared between them: tasks featurize
+    /// their own batches side by side, which beats one session with many threads.
+    pub fn for_task_slots(slots: usize) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let sessions = slots.max(1);
+        Self { sessions, threads_per_session: (cores / sessions).max(1) }
+    }
+}
+
+/// A loaded model: validated against its [`ModelConfig`], ready to featurize image bytes.
+pub struct Featurizer {
+    config: ModelConfig,
+    feature_dim: usize,
+    pool: SessionPool,
+}
+
+impl std::fmt::Debug for Featurizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Featurizer")
+            .field("model", &self.config.model_path)
+            .field("feature_dim", &self.feature_dim)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Featurizer {
+    /// Loads ONNX Runtime and the model, checks the model against `config`, and opens
+    /// `parallelism.sessions` sessions.
+    pub fn load(config: ModelConfig, parallelism: Parallelism) -> Result<Self, ModelError> {
+        let library = locate_library(config.ort_library.as_deref())?;
+        let environment = runtime::environment(&library)?;
+        if !config.model_path.is_file() {
+            return Err(ModelError::ModelNotFound(config.model_path.clone()));
+        }
+        let load_error = |e: ort::Error| ModelError::ModelLoad { path: config.model_path.clone(), message: e.to_string() };
+        let mut sessions = Vec::with_capacity(parallelism.sessions);
+        for _ in 0..parallelism.sessions {
+            let session = Session::builder(environment)
+                .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+                .and_then(|b| b.with_intra_threads(parallelism.threads_per_session).map_err(Into::into))
+                .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
+                .and_then(|mut b| b.commit_from_file(&config.model_path))
+                .map_err(load_error)?;
+            sessions.push(session);
+        }
+        let feature_dim = validate(&sessions[0], &config)?;
+        log::info!(
+            "loaded {} ({} sessions x {} threads, {} features) with ONNX Runtime {}",
+            config.model_path.display(),
+            parallelism.sessions,
+            parallelism.threads_per_session,
+            feature_dim,
+            library.display()
+        );
+        Ok(Self { config, feature_dim, pool: SessionPool::new(sessions) })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Length of one feature vector (1280 for MobileNetV2).
+    pub fn feature_dim(&self) -> usize {
+        self.feature_dim
+    }
+
+    /// Featurizes each image: a vector of [`Self::feature_dim`] floats, or why the image could
+    /// not be decoded. Only a failure of the runtime itself is an `Err` of the whole call.
+    pub fn featurize(&self, images: &[&[u8]]) -> Result<Vec<Result<Vec<f32>, DecodeError>>, ModelError> {
+        let spec = &self.config.input;
+        let per_image = spec.values_per_image();
+        let mut results = Vec::with_capacity(images.len());
+        let mut batch = Vec::new();
+        for chunk in images.chunks(self.config.max_batch.max(1)) {
+            batch.clear();
+            batch.resize(chunk.len() * per_image, 0.0);
+            // Decoded images take consecutive slots; `slots[i]` is image i's slot or its error.
+            let mut decoded = 0;
+            let slots: Vec<Result<usize, DecodeError>> = chunk
+                .iter()
+                .map(|bytes| {
+                    let slot = &mut batch[decoded * per_image..(decoded + 1) * per_image];
+                    preprocess_into(bytes, &self.config.limits, spec, slot).map(|()| {
+                        decoded += 1;
+                        decoded - 1
+                    })
+                })
+                .collect();
+            let features = if decoded > 0 { self.infer(&batch[..decoded * per_image], decoded)? } else { Vec::new() };
+            results.extend(slots.into_iter().map(|slot| {
+                slot.map(|i| features[i * self.feature_dim..(i + 1) * self.feature_dim].to_vec())
+            }));
+        }
+        Ok(results)
+    }
+
+    /// Runs the model on `n` preprocessed images laid out as the input spec says; returns
+    /// `n * feature_dim` floats.
+    pub fn infer(&self, tensor: &[f32], n: usize) -> Result<Vec<f32>, ModelError> {
+        let inference = |e: ort::Error| ModelError::Inference(e.to_string());
+        let shape = self.config.input.shape(n);
+        self.pool.with_session(|session| {
+            let input = TensorRef::from_array_view((shape, tensor)).map_err(inference)?;
+            let outputs = session.run(ort::inputs![self.config.input_name.as_str() => input]).map_err(inference)?;
+            let output = outputs
+                .get(&self.config.output_name)
+                .ok_or_else(|| ModelError::Inference(format!("no output named '{}'", self.config.output_name)))?;
+            let (out_shape, values) = output.try_extract_tensor::<f32>().map_err(inference)?;
+            if values.len() != n * self.feature_dim {
+                return Err(ModelError::Inference(format!(
+                    "output '{}' has shape {:?}, expected [{n}, {}]",
+                    self.config.output_name, &out_shape[..], self.feature_dim
+                )));
+            }
+            Ok(values.to_vec())
+        })
+    }
+}
+
+/// Checks the model's declared input and output against the configuration and returns the
+/// feature dimension, so that a wrong model or a wrong layout is refused at start, not after
+/// the first batch of a long job.
+fn validate(session: &Session, config: &ModelConfig) -> Result<usize, ModelError> {
+    let mismatch = |message: String| ModelError::Mismatch { path: config.model_path.clone(), message };
+    let names = |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_owned()).collect::<Vec<_>>().join(", ");
+    let describe = |dtype: &ValueType| match dtype {
+        ValueType::Tensor { ty, shape, .. } => format!("{ty:?} tensor of shape {:?}", &shape[..]),
+        other => format!("{other:?}"),
+    };
+
+    let input = session
+        .inputs()
+        .iter()
+        .find(|o| o.name() == config.input_name)
+        .ok_or_else(|| mismatch(format!("no input named '{}' (the model's inputs: {})", config.input_name, names(session.inputs()))))?;
+    let spec = &config.input;
+    let expected = spec.shape(1);
+    let expected_text = match spec.layout {
+        Layout::Nhwc => format!("float32 [N, {}, {}, 3] (NHWC)", spec.height, spec.width),
+        Layout::Nchw => format!("float32 [N, 3, {}, {}] (NCHW)", spec.height, spec.width),
+    };
+    let input_ok = match input.dtype() {
+        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } => {
+            shape.len() == 4 && shape.iter().zip(expected).skip(1).all(|(&dim, want)| dim < 0 || dim as usize == want)
+        }
+        _ => false,
+    };
+    if !input_ok {
+        return Err(mismatch(format!(
+            "input '{}' is a {}, expected {expected_text}; check the model's layout and size settings",
+            config.input_name,
+            describe(input.dtype())
+        )));
+    }
+
+    let output = session
+        .outputs()
+        .iter()
+        .find(|o| o.name() == config.output_name)
+        .ok_or_else(|| mismatch(format!("no output named '{}' (the model's outputs: {})", config.output_name, names(session.outputs()))))?;
+    match output.dtype() {
+        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 2 && shape[1] > 0 => Ok(shape[1] as usize),
+        other => Err(mismatch(format!(
+            "output '{}' is a {}, expected float32 [N, D] with a fixed D",
+            config.output_name,
+            describe(other)
+        ))),
+    }
+}

@@ -1,0 +1,152 @@
+//! `featurize(content)` and `featurize_or_error(content)`: image bytes in, embeddings out.
+//!
+//! A bad image never fails the query (Ballista would fail the whole job over one error): its
+//! features are NULL. `featurize_or_error` returns the reason alongside, so a job can report
+//! every failed file without decoding anything twice.
+
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Builder, ListBuilder, StringBuilder, StructArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, Field, Fields};
+use datafusion::common::{exec_err, DataFusionError, Result};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility};
+
+use crate::model::Featurizer;
+
+/// Name of the function returning the feature vector (NULL for an unreadable image).
+pub const FEATURIZE: &str = "featurize";
+/// Name of the function returning `{features, error}`.
+pub const FEATURIZE_OR_ERROR: &str = "featurize_or_error";
+
+/// Reason given for a row whose content is NULL (the file vanished after listing).
+pub const NO_CONTENT: &str = "no content (the file could not be read)";
+
+/// `List<Float32>`: what `featurize` returns.
+pub fn features_type() -> DataType {
+    DataType::List(Arc::new(Field::new_list_field(DataType::Float32, true)))
+}
+
+/// `Struct<features: List<Float32>, error: Utf8>`: what `featurize_or_error` returns.
+pub fn features_or_error_type() -> DataType {
+    DataType::Struct(Fields::from(vec![
+        Field::new("features", features_type(), true),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Output {
+    Features,
+    FeaturesOrError,
+}
+
+/// The scalar UDF behind both functions.
+#[derive(Debug)]
+pub struct Featurize {
+    output: Output,
+    featurizer: Arc<Featurizer>,
+    signature: Signature,
+}
+
+impl Featurize {
+    fn new(output: Output, featurizer: Arc<Featurizer>) -> Self {
+        let binary = [DataType::Binary, DataType::LargeBinary, DataType::BinaryView];
+        let signature = Signature::one_of(
+            binary.into_iter().map(|t| TypeSignature::Exact(vec![t])).collect(),
+            Volatility::Immutable,
+        );
+        Self { output, featurizer, signature }
+    }
+
+    /// Both functions, backed by one loaded model.
+    pub fn udfs(featurizer: Arc<Featurizer>) -> [ScalarUDF; 2] {
+        [
+            ScalarUDF::new_from_impl(Self::new(Output::Features, Arc::clone(&featurizer))),
+            ScalarUDF::new_from_impl(Self::new(Output::FeaturesOrError, featurizer)),
+        ]
+    }
+}
+
+impl PartialEq for Featurize {
+    fn eq(&self, other: &Self) -> bool {
+        self.output == other.output && Arc::ptr_eq(&self.featurizer, &other.featurizer)
+    }
+}
+
+impl Eq for Featurize {}
+
+impl Hash for Featurize {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.output.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for Featurize {
+    fn name(&self) -> &str {
+        match self.output {
+            Output::Features => FEATURIZE,
+            Output::FeaturesOrError => FEATURIZE_OR_ERROR,
+        }
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(match self.output {
+            Output::Features => features_type(),
+            Output::FeaturesOrError => features_or_error_type(),
+        })
+    }
+
+    fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        let [content] = args.args.as_slice() else {
+            return exec_err!("{} takes exactly one argument, the image bytes", self.name());
+        };
+        let content = cast(&content.to_array(args.number_rows)?, &DataType::Binary)?;
+        let content = content.as_binary::<i32>();
+
+        let present: Vec<&[u8]> = content.iter().flatten().collect();
+        let mut outcomes = self
+            .featurizer
+            .featurize(&present)
+            .map_err(|e| DataFusionError::External(Box::new(e)))?
+            .into_iter();
+
+        let dim = self.featurizer.feature_dim();
+        let mut features = ListBuilder::with_capacity(Float32Builder::with_capacity(present.len() * dim), content.len());
+        let mut errors = StringBuilder::new();
+        for row in 0..content.len() {
+            let outcome = if content.is_null(row) {
+                Err(NO_CONTENT.to_owned())
+            } else {
+                outcomes
+                    .next()
+                    .ok_or_else(|| DataFusionError::Internal("featurizer returned fewer results than images".into()))?
+                    .map_err(|e| e.to_string())
+            };
+            match outcome {
+                Ok(vector) => {
+                    features.values().append_slice(&vector);
+                    features.append(true);
+                    errors.append_null();
+                }
+                Err(reason) => {
+                    features.append_null();
+                    errors.append_value(reason);
+                }
+            }
+        }
+        let features: ArrayRef = Arc::new(features.finish());
+        Ok(ColumnarValue::Array(match self.output {
+            Output::Features => features,
+            Output::FeaturesOrError => {
+                let DataType::Struct(fields) = features_or_error_type() else { unreachable!("struct type") };
+                Arc::new(StructArray::try_new(fields, vec![features, Arc::new(errors.finish())], None)?)
+            }
+        }))
+    }
+}
