@@ -133,7 +133,9 @@ fn rerunning_into_the_same_output_replaces_the_result() {
     std::fs::create_dir_all(out.path().join("features")).expect("mkdir");
     std::fs::write(out.path().join("features/part-00007.parquet"), b"stale").expect("write");
     assert_success(&run_job(input.path(), out.path(), &[]));
-    assert_success(&run_job(input.path(), out.path(), &[]));
+    let quiet = run_job(input.path(), out.path(), &["--quiet"]);
+    assert_success(&quiet);
+    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty(), "--quiet printed {quiet:?}");
     assert_eq!(read_features(&out.path().join("features")).len(), 2);
     assert_eq!(read_summary(out.path()).files, vec!["features/part-00000.parquet"]);
 }

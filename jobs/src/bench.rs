@@ -62,7 +62,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             }
         }
         done
-    }, batch * 4)?;
+    }, batch.max(64))?;
 
     // The whole job, into a scratch folder.
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;

@@ -51,7 +51,20 @@ pub async fn run(engine: &Engine, input: &str, output: &Path, quiet: bool) -> Re
     let query = format!("SELECT path, label, {FEATURIZE_OR_ERROR}(content) AS result FROM {IMAGES_TABLE}");
     let mut stream = engine.ctx.sql(&query).await?.execute_stream().await?;
 
+    // Ballista hands results to the client when the job ends, so progress comes from the
+    // model itself, which featurizes in this process on the embedded engine.
     let bar = images_bar(total as u64, quiet);
+    let ticker = {
+        let (bar, featurizer) = (bar.clone(), Arc::clone(&engine.featurizer));
+        let start = featurizer.images_seen();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(std::time::Duration::from_millis(200));
+            loop {
+                interval.tick().await;
+                bar.set_position(featurizer.images_seen().saturating_sub(start).min(bar.length().unwrap_or(u64::MAX)));
+            }
+        })
+    };
     let (mut rows_out, mut featurized, mut failed) = (0, 0, Vec::new());
     while let Some(batch) = stream.next().await {
         let batch = batch?;
@@ -60,8 +73,8 @@ pub async fn run(engine: &Engine, input: &str, output: &Path, quiet: bool) -> Re
         rows_out += features.num_rows();
         featurized += features.num_rows() - failures.len();
         failed.extend(failures);
-        bar.inc(batch.num_rows() as u64);
     }
+    ticker.abort();
     bar.finish_and_clear();
     let files = writer.finish()?;
 

@@ -4,6 +4,7 @@ mod pool;
 mod runtime;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
@@ -86,6 +87,9 @@ pub struct Featurizer {
     config: ModelConfig,
     feature_dim: usize,
     pool: SessionPool,
+    /// Images handed to [`Self::featurize`] so far, decodable or not: the progress of a job
+    /// running in this process.
+    images_seen: AtomicU64,
 }
 
 impl std::fmt::Debug for Featurizer {
@@ -126,7 +130,7 @@ impl Featurizer {
             feature_dim,
             library.display()
         );
-        Ok(Self { config, feature_dim, pool: SessionPool::new(sessions) })
+        Ok(Self { config, feature_dim, pool: SessionPool::new(sessions), images_seen: AtomicU64::new(0) })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -136,6 +140,11 @@ impl Featurizer {
     /// Length of one feature vector (1280 for MobileNetV2).
     pub fn feature_dim(&self) -> usize {
         self.feature_dim
+    }
+
+    /// Number of images this featurizer has processed since it was loaded.
+    pub fn images_seen(&self) -> u64 {
+        self.images_seen.load(Ordering::Relaxed)
     }
 
     /// Featurizes each image: a vector of [`Self::feature_dim`] floats, or why the image could
@@ -164,6 +173,7 @@ impl Featurizer {
             results.extend(slots.into_iter().map(|slot| {
                 slot.map(|i| features[i * self.feature_dim..(i + 1) * self.feature_dim].to_vec())
             }));
+            self.images_seen.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         Ok(results)
     }
