@@ -12,15 +12,20 @@ use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
 use fruits_tests::{model_path, sample_dir};
-use fruits_udfs::{Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, ModelConfig, Parallelism, ScanOptions};
+use fruits_udfs::{
+    Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, ModelConfig, Parallelism, ScanOptions,
+};
 
-const QUERY: &str = "SELECT path, label, featurize(content) AS features FROM images WHERE label = 'Mangostan' ORDER BY path LIMIT 5";
+const QUERY: &str =
+    "SELECT path, label, featurize(content) AS features FROM images WHERE label = 'Mangostan' ORDER BY path LIMIT 5";
 
 fn context() -> SessionContext {
-    let featurizer = Arc::new(Featurizer::load(ModelConfig::new(model_path()), Parallelism::for_task_slots(2)).expect("model"));
+    let featurizer =
+        Arc::new(Featurizer::load(ModelConfig::new(model_path()), Parallelism::for_task_slots(2)).expect("model"));
     let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
     fruits_udfs::register(&ctx, &featurizer);
-    let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100 }).expect("table");
+    let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100 })
+        .expect("table");
     ctx.register_table("images", Arc::new(table)).expect("register");
     ctx
 }

@@ -63,7 +63,10 @@ fn run_featurizes_the_whole_sample_like_the_reference() {
         assert!(similarity >= 0.999, "{}: cosine {similarity}", image.path);
         worst = worst.min(similarity);
     }
-    println!("minimum cosine against the Pillow+onnxruntime reference over {} images: {worst:.7}", reference.images.len());
+    println!(
+        "minimum cosine against the Pillow+onnxruntime reference over {} images: {worst:.7}",
+        reference.images.len()
+    );
 }
 
 /// Copies `n` images of `label` from the sample into `dir/label/`.
@@ -71,7 +74,8 @@ fn copy_sample_images(dir: &Path, label: &str, n: usize) -> Vec<String> {
     let from = sample_dir().join(label);
     let to = dir.join(label);
     std::fs::create_dir_all(&to).expect("mkdir");
-    let mut names: Vec<_> = std::fs::read_dir(&from).expect("read sample").map(|e| e.expect("entry").file_name()).collect();
+    let mut names: Vec<_> =
+        std::fs::read_dir(&from).expect("read sample").map(|e| e.expect("entry").file_name()).collect();
     names.sort();
     names
         .into_iter()
@@ -111,12 +115,17 @@ fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
     assert_eq!(failed.len(), 3, "{failed:?}");
     assert_eq!(failed["truncated.jpg"], "truncated JPEG: the data ends before the image does");
     assert_eq!(failed["empty.jpg"], "empty file (0 bytes)");
-    assert!(failed["text.JPG"].starts_with("not a JPEG or PNG image (file starts with 74 68 69 73"), "{}", failed["text.JPG"]);
+    assert!(
+        failed["text.JPG"].starts_with("not a JPEG or PNG image (file starts with 74 68 69 73"),
+        "{}",
+        failed["text.JPG"]
+    );
     assert!(summary.failed.iter().all(|f| f.label.as_deref() == Some("Broken")));
 
     let rows = read_features(&out.path().join("features"));
     assert_eq!(rows.len(), 8);
-    let nulls: Vec<_> = rows.iter().filter(|r| r.features.is_none()).map(|r| r.path.rsplit('/').next().unwrap_or_default()).collect();
+    let nulls: Vec<_> =
+        rows.iter().filter(|r| r.features.is_none()).map(|r| r.path.rsplit('/').next().unwrap_or_default()).collect();
     assert_eq!(nulls.len(), 3, "{nulls:?}");
     assert!(rows.iter().all(|r| !r.path.ends_with(".DS_Store") && !r.path.ends_with(".txt")));
 
@@ -148,27 +157,81 @@ fn errors_name_the_problem_and_exit_non_zero() {
     let output_dir = out.path().display().to_string();
     let cases: Vec<(Vec<String>, &str)> = vec![
         (
-            vec!["run".into(), "--input".into(), "/nonexistent/photos".into(), "--output".into(), output_dir.clone(), "--model".into(), model()],
+            vec![
+                "run".into(),
+                "--input".into(),
+                "/nonexistent/photos".into(),
+                "--output".into(),
+                output_dir.clone(),
+                "--model".into(),
+                model(),
+            ],
             "input folder /nonexistent/photos does not exist",
         ),
         (
-            vec!["run".into(), "--input".into(), empty.path().display().to_string(), "--output".into(), output_dir.clone(), "--model".into(), model()],
+            vec![
+                "run".into(),
+                "--input".into(),
+                empty.path().display().to_string(),
+                "--output".into(),
+                output_dir.clone(),
+                "--model".into(),
+                model(),
+            ],
             "no image files (.jpg, .jpeg, .png) found under",
         ),
         (
-            vec!["run".into(), "--input".into(), sample.clone(), "--output".into(), output_dir.clone(), "--model".into(), "/nonexistent/model.onnx".into()],
+            vec![
+                "run".into(),
+                "--input".into(),
+                sample.clone(),
+                "--output".into(),
+                output_dir.clone(),
+                "--model".into(),
+                "/nonexistent/model.onnx".into(),
+            ],
             "model file /nonexistent/model.onnx not found",
         ),
         (
-            vec!["run".into(), "--input".into(), sample.clone(), "--output".into(), output_dir.clone(), "--model".into(), model(), "--model-layout".into(), "nchw".into()],
+            vec![
+                "run".into(),
+                "--input".into(),
+                sample.clone(),
+                "--output".into(),
+                output_dir.clone(),
+                "--model".into(),
+                model(),
+                "--model-layout".into(),
+                "nchw".into(),
+            ],
             "expected float32 [N, 3, 224, 224] (NCHW)",
         ),
         (
-            vec!["run".into(), "--input".into(), sample.clone(), "--output".into(), output_dir.clone(), "--model".into(), model(), "--model-output".into(), "logits".into()],
+            vec![
+                "run".into(),
+                "--input".into(),
+                sample.clone(),
+                "--output".into(),
+                output_dir.clone(),
+                "--model".into(),
+                model(),
+                "--model-output".into(),
+                "logits".into(),
+            ],
             "no output named 'logits' (the model's outputs: features)",
         ),
         (
-            vec!["run".into(), "--input".into(), sample, "--output".into(), output_dir, "--model".into(), model(), "--ort-library".into(), "/nonexistent/libonnxruntime.so".into()],
+            vec![
+                "run".into(),
+                "--input".into(),
+                sample,
+                "--output".into(),
+                output_dir,
+                "--model".into(),
+                model(),
+                "--ort-library".into(),
+                "/nonexistent/libonnxruntime.so".into(),
+            ],
             "ONNX Runtime 1.31.1 library not found (looked for /nonexistent/libonnxruntime.so)",
         ),
     ];
@@ -207,7 +270,8 @@ fn sql_writes_featurize_results_to_parquet() {
     let input = tempfile::tempdir().expect("temp dir");
     copy_sample_images(input.path(), "Orange", 3);
     let out = tempfile::tempdir().expect("temp dir");
-    let (input_arg, out_arg, model) = (input.path().display().to_string(), out.path().join("q").display().to_string(), model());
+    let (input_arg, out_arg, model) =
+        (input.path().display().to_string(), out.path().join("q").display().to_string(), model());
     let output = fruits(&[
         "sql",
         "--input",
@@ -221,5 +285,8 @@ fn sql_writes_featurize_results_to_parquet() {
     assert_success(&output);
     let rows = read_features(&out.path().join("q"));
     assert_eq!(rows.len(), 3);
-    assert!(rows.iter().all(|r| r.label.as_deref() == Some("Orange") && r.features.as_ref().is_some_and(|f| f.len() == 1280)));
+    assert!(
+        rows.iter()
+            .all(|r| r.label.as_deref() == Some("Orange") && r.features.as_ref().is_some_and(|f| f.len() == 1280))
+    );
 }

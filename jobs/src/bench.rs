@@ -30,16 +30,20 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let per_image = config.input.values_per_image();
 
     // Decode + resize + scale, one thread per task slot, as the tasks do.
-    let decode_rate = per_thread_rate(slots, |thread, count| {
-        let mut tensor = vec![0f32; per_image];
-        let mut done = 0;
-        for bytes in images.iter().skip(thread).step_by(slots).cycle().take(count) {
-            if preprocess_into(bytes, &config.limits, &config.input, &mut tensor).is_ok() {
-                done += 1;
+    let decode_rate = per_thread_rate(
+        slots,
+        |thread, count| {
+            let mut tensor = vec![0f32; per_image];
+            let mut done = 0;
+            for bytes in images.iter().skip(thread).step_by(slots).cycle().take(count) {
+                if preprocess_into(bytes, &config.limits, &config.input, &mut tensor).is_ok() {
+                    done += 1;
+                }
             }
-        }
-        done
-    }, images.len().div_ceil(slots))?;
+            done
+        },
+        images.len().div_ceil(slots),
+    )?;
 
     // The raw model on ready tensors: every slot runs full batches through its own session.
     let batch = config.max_batch.min(images.len());
@@ -49,20 +53,31 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         if filled == batch {
             break;
         }
-        if preprocess_into(bytes, &config.limits, &config.input, &mut tensor[filled * per_image..(filled + 1) * per_image]).is_ok() {
+        if preprocess_into(
+            bytes,
+            &config.limits,
+            &config.input,
+            &mut tensor[filled * per_image..(filled + 1) * per_image],
+        )
+        .is_ok()
+        {
             filled += 1;
         }
     }
     ensure!(filled == batch, "not enough decodable images in the sample for a batch of {batch}");
-    let raw_rate = per_thread_rate(slots, |_, count| {
-        let mut done = 0;
-        while done < count {
-            if featurizer.infer(&tensor, batch).is_ok() {
-                done += batch;
+    let raw_rate = per_thread_rate(
+        slots,
+        |_, count| {
+            let mut done = 0;
+            while done < count {
+                if featurizer.infer(&tensor, batch).is_ok() {
+                    done += batch;
+                }
             }
-        }
-        done
-    }, batch.max(64))?;
+            done
+        },
+        batch.max(64),
+    )?;
 
     // The whole job, into a scratch folder.
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;

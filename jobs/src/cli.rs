@@ -8,7 +8,11 @@ use fruits_udfs::preprocess::{InputSpec, Layout, Scaling};
 use fruits_udfs::{ModelConfig, ScanOptions};
 
 #[derive(Debug, Parser)]
-#[command(name = "fruits", version, about = "Image embeddings and a PCA map of a bucket of fruit photos, on DataFusion Ballista")]
+#[command(
+    name = "fruits",
+    version,
+    about = "Image embeddings and a PCA map of a bucket of fruit photos, on DataFusion Ballista"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

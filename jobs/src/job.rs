@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
-use datafusion::arrow::datatypes::{Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Int64Type, Schema, SchemaRef};
 use fruits_udfs::udf::features_type;
 use fruits_udfs::{FEATURIZE_OR_ERROR, IMAGES_TABLE};
 use futures::StreamExt;
@@ -18,8 +18,8 @@ use crate::progress::images_bar;
 /// Columns of the features Parquet files.
 pub fn features_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
-        Field::new("path", datafusion::arrow::datatypes::DataType::Utf8, false),
-        Field::new("label", datafusion::arrow::datatypes::DataType::Utf8, true),
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, true),
         Field::new("features", features_type(), true),
     ]))
 }
@@ -30,7 +30,7 @@ pub async fn count_images(engine: &Engine) -> Result<usize> {
     let batches = engine.ctx.sql(&format!("SELECT count(*) FROM {IMAGES_TABLE}")).await?.collect().await?;
     let count = batches
         .first()
-        .and_then(|b| b.column(0).as_primitive_opt::<datafusion::arrow::datatypes::Int64Type>())
+        .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
         .map(|c| c.value(0))
         .context("count(*) returned no value")?;
     Ok(usize::try_from(count)?)
@@ -116,10 +116,8 @@ fn split_result(batch: &RecordBatch) -> Result<(RecordBatch, Vec<FailedImage>)> 
             error: errors.value(row).to_owned(),
         })
         .collect();
-    let out = RecordBatch::try_new(
-        features_schema(),
-        vec![Arc::new(paths.clone()), Arc::new(labels.clone()), features],
-    )?;
+    let out =
+        RecordBatch::try_new(features_schema(), vec![Arc::new(paths.clone()), Arc::new(labels.clone()), features])?;
     Ok((out, failures))
 }
 

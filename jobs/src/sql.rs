@@ -28,7 +28,12 @@ pub async fn run(engine: &Engine, query: &str, output: Option<&Path>) -> Result<
                 writer.write(&batch)?;
             }
             let files = writer.finish()?;
-            println!("{rows} rows -> {} ({} file{})", dir.display(), files.len(), if files.len() == 1 { "" } else { "s" });
+            println!(
+                "{rows} rows -> {} ({} file{})",
+                dir.display(),
+                files.len(),
+                if files.len() == 1 { "" } else { "s" }
+            );
         }
     }
     Ok(())

@@ -11,9 +11,9 @@ use ballista_core::serde::{BallistaLogicalExtensionCodec, BallistaPhysicalExtens
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::catalog::TableProvider;
 use datafusion::common::{TableReference, internal_datafusion_err};
-use datafusion::datasource::table_schema::TableSchema;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{Extension, LogicalPlan};
@@ -21,7 +21,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion_proto::logical_plan::LogicalExtensionCodec;
 use datafusion_proto::physical_plan::from_proto::parse_protobuf_file_scan_config;
 use datafusion_proto::physical_plan::to_proto::serialize_file_scan_config;
-use datafusion_proto::physical_plan::{PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension};
+use datafusion_proto::physical_plan::{
+    PhysicalExtensionCodec, PhysicalPlanDecodeContext, PhysicalProtoConverterExtension,
+};
 use prost::Message;
 
 use crate::table::{ImageSource, ImagesTable, ScanOptions, images_schema};
@@ -171,7 +173,8 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
         let node = wire::PlanNode::decode(buf).map_err(|e| decode_error("plan", e))?;
         match node.plan {
             Some(wire::Plan::ImageScan(scan)) => {
-                let base = scan.base_conf.ok_or_else(|| internal_datafusion_err!("image scan without its FileScanConfig"))?;
+                let base =
+                    scan.base_conf.ok_or_else(|| internal_datafusion_err!("image scan without its FileScanConfig"))?;
                 let source = Arc::new(ImageSource::new(TableSchema::from(images_schema())));
                 let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
                 let config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;

@@ -10,8 +10,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Builder, ListBuilder, StringBuilder, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
-use datafusion::common::{exec_err, DataFusionError, Result};
-use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility};
+use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::logical_expr::{
+    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
+};
 
 use crate::model::Featurizer;
 
@@ -110,14 +112,12 @@ impl ScalarUDFImpl for Featurize {
         let content = content.as_binary::<i32>();
 
         let present: Vec<&[u8]> = content.iter().flatten().collect();
-        let mut outcomes = self
-            .featurizer
-            .featurize(&present)
-            .map_err(|e| DataFusionError::External(Box::new(e)))?
-            .into_iter();
+        let mut outcomes =
+            self.featurizer.featurize(&present).map_err(|e| DataFusionError::External(Box::new(e)))?.into_iter();
 
         let dim = self.featurizer.feature_dim();
-        let mut features = ListBuilder::with_capacity(Float32Builder::with_capacity(present.len() * dim), content.len());
+        let mut features =
+            ListBuilder::with_capacity(Float32Builder::with_capacity(present.len() * dim), content.len());
         let mut errors = StringBuilder::new();
         for row in 0..content.len() {
             let outcome = if content.is_null(row) {

@@ -110,7 +110,8 @@ impl Featurizer {
         if !config.model_path.is_file() {
             return Err(ModelError::ModelNotFound(config.model_path.clone()));
         }
-        let load_error = |e: ort::Error| ModelError::ModelLoad { path: config.model_path.clone(), message: e.to_string() };
+        let load_error =
+            |e: ort::Error| ModelError::ModelLoad { path: config.model_path.clone(), message: e.to_string() };
         let mut sessions = Vec::with_capacity(parallelism.sessions);
         for _ in 0..parallelism.sessions {
             let session = Session::builder(environment)
@@ -170,9 +171,11 @@ impl Featurizer {
                 })
                 .collect();
             let features = if decoded > 0 { self.infer(&batch[..decoded * per_image], decoded)? } else { Vec::new() };
-            results.extend(slots.into_iter().map(|slot| {
-                slot.map(|i| features[i * self.feature_dim..(i + 1) * self.feature_dim].to_vec())
-            }));
+            results.extend(
+                slots
+                    .into_iter()
+                    .map(|slot| slot.map(|i| features[i * self.feature_dim..(i + 1) * self.feature_dim].to_vec())),
+            );
             self.images_seen.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         Ok(results)
@@ -193,7 +196,9 @@ impl Featurizer {
             if values.len() != n * self.feature_dim {
                 return Err(ModelError::Inference(format!(
                     "output '{}' has shape {:?}, expected [{n}, {}]",
-                    self.config.output_name, &out_shape[..], self.feature_dim
+                    self.config.output_name,
+                    &out_shape[..],
+                    self.feature_dim
                 )));
             }
             Ok(values.to_vec())
@@ -206,17 +211,16 @@ impl Featurizer {
 /// the first batch of a long job.
 fn validate(session: &Session, config: &ModelConfig) -> Result<usize, ModelError> {
     let mismatch = |message: String| ModelError::Mismatch { path: config.model_path.clone(), message };
-    let names = |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_owned()).collect::<Vec<_>>().join(", ");
+    let names =
+        |outlets: &[ort::value::Outlet]| outlets.iter().map(|o| o.name().to_owned()).collect::<Vec<_>>().join(", ");
     let describe = |dtype: &ValueType| match dtype {
         ValueType::Tensor { ty, shape, .. } => format!("{ty:?} tensor of shape {:?}", &shape[..]),
         other => format!("{other:?}"),
     };
 
-    let input = session
-        .inputs()
-        .iter()
-        .find(|o| o.name() == config.input_name)
-        .ok_or_else(|| mismatch(format!("no input named '{}' (the model's inputs: {})", config.input_name, names(session.inputs()))))?;
+    let input = session.inputs().iter().find(|o| o.name() == config.input_name).ok_or_else(|| {
+        mismatch(format!("no input named '{}' (the model's inputs: {})", config.input_name, names(session.inputs())))
+    })?;
     let spec = &config.input;
     let expected = spec.shape(1);
     let expected_text = match spec.layout {
@@ -237,13 +241,17 @@ fn validate(session: &Session, config: &ModelConfig) -> Result<usize, ModelError
         )));
     }
 
-    let output = session
-        .outputs()
-        .iter()
-        .find(|o| o.name() == config.output_name)
-        .ok_or_else(|| mismatch(format!("no output named '{}' (the model's outputs: {})", config.output_name, names(session.outputs()))))?;
+    let output = session.outputs().iter().find(|o| o.name() == config.output_name).ok_or_else(|| {
+        mismatch(format!(
+            "no output named '{}' (the model's outputs: {})",
+            config.output_name,
+            names(session.outputs())
+        ))
+    })?;
     match output.dtype() {
-        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 2 && shape[1] > 0 => Ok(shape[1] as usize),
+        ValueType::Tensor { ty: TensorElementType::Float32, shape, .. } if shape.len() == 2 && shape[1] > 0 => {
+            Ok(shape[1] as usize)
+        }
         other => Err(mismatch(format!(
             "output '{}' is a {}, expected float32 [N, D] with a fixed D",
             config.output_name,

@@ -87,10 +87,7 @@ fn describe_start(bytes: &[u8]) -> String {
 
 fn check_size(width: u64, height: u64, limits: &DecodeLimits) -> Result<(), DecodeError> {
     if width == 0 || height == 0 {
-        return Err(DecodeError::Corrupt {
-            format: "image",
-            message: format!("declared size {width}x{height}"),
-        });
+        return Err(DecodeError::Corrupt { format: "image", message: format!("declared size {width}x{height}") });
     }
     if width.saturating_mul(height) > limits.max_pixels {
         return Err(DecodeError::TooLarge { width, height, limit: limits.max_pixels });
@@ -188,7 +185,9 @@ fn decode_png(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeErr
         reader
     };
     let error = |e: image::ImageError| match e {
-        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => DecodeError::Truncated("PNG"),
+        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            DecodeError::Truncated("PNG")
+        }
         other => DecodeError::Corrupt { format: "PNG", message: other.to_string() },
     };
     let (width, height) = reader().into_dimensions().map_err(error)?;

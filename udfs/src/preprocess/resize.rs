@@ -136,7 +136,10 @@ mod tests {
                 let (start, weights) = c.row(out);
                 assert!(start + weights.len() <= input);
                 let total: i32 = weights.iter().sum();
-                assert!((total - (1 << PRECISION_BITS)).abs() <= weights.len() as i32, "{input}->{output} at {out}: {total}");
+                assert!(
+                    (total - (1 << PRECISION_BITS)).abs() <= weights.len() as i32,
+                    "{input}->{output} at {out}: {total}"
+                );
             }
         }
     }

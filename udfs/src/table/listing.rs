@@ -50,9 +50,8 @@ pub fn is_image_path(relative: &str) -> bool {
 /// outputs are the same from run to run.
 pub async fn list_images(store: &dyn ObjectStore, location: &ListingTableUrl) -> Result<Vec<ImageFile>> {
     let prefix = location.prefix();
-    let listing_error = |e: object_store::Error| {
-        DataFusionError::External(format!("cannot list {location}: {e}").into())
-    };
+    let listing_error =
+        |e: object_store::Error| DataFusionError::External(format!("cannot list {location}: {e}").into());
     let objects: Vec<ObjectMeta> = store.list(Some(prefix)).try_collect().await.map_err(listing_error)?;
     let mut files: Vec<ImageFile> = objects
         .into_iter()
@@ -83,8 +82,8 @@ pub(crate) fn percent_decode(part: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use object_store::{ObjectStoreExt, PutPayload};
     use object_store::memory::InMemory;
+    use object_store::{ObjectStoreExt, PutPayload};
 
     #[test]
     fn image_extensions_are_case_insensitive() {
@@ -114,7 +113,8 @@ mod tests {
     #[tokio::test]
     async fn lists_images_recursively_and_sorted() {
         let store = InMemory::new();
-        for path in ["in/b/2.jpg", "in/a/1.PNG", "in/a/deep/3.jpeg", "in/a/.DS_Store", "in/a/notes.txt", "other/x.jpg"] {
+        for path in ["in/b/2.jpg", "in/a/1.PNG", "in/a/deep/3.jpeg", "in/a/.DS_Store", "in/a/notes.txt", "other/x.jpg"]
+        {
             store.put(&Path::from(path), PutPayload::from_static(b"x")).await.unwrap();
         }
         let url = ListingTableUrl::parse("memory:///in/").unwrap();

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
-use datafusion::datasource::table_schema::TableSchema;
-use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener, FileScanConfig, FileSource};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener, FileScanConfig, FileSource};
 use datafusion::datasource::projection::{ProjectionOpener, SplitProjection};
+use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::physical_expr::projection::ProjectionExprs;
@@ -113,7 +113,8 @@ impl FileOpener for ImageOpener {
         let location = file.object_meta.location;
         let url = format!("{}{}", self.store_url.as_str(), percent_decode(location.as_ref()));
         Ok(async move {
-            let content = if columns.contains(&2) { read_content(store.as_ref(), &location, &url).await? } else { None };
+            let content =
+                if columns.contains(&2) { read_content(store.as_ref(), &location, &url).await? } else { None };
             let arrays: Vec<ArrayRef> = columns
                 .iter()
                 .map(|column| -> ArrayRef {
@@ -134,7 +135,11 @@ impl FileOpener for ImageOpener {
 /// The file's bytes; `None` if it was deleted since listing, which leaves a row with NULL
 /// content (reported by `featurize`) instead of failing a job over one missing file. Other
 /// errors are I/O errors, which Ballista retries.
-async fn read_content(store: &dyn ObjectStore, location: &object_store::path::Path, url: &str) -> Result<Option<Vec<u8>>> {
+async fn read_content(
+    store: &dyn ObjectStore,
+    location: &object_store::path::Path,
+    url: &str,
+) -> Result<Option<Vec<u8>>> {
     let fetched = match store.get(location).await {
         Ok(result) => result.bytes().await,
         Err(e) => Err(e),
