@@ -153,90 +153,26 @@ fn rerunning_into_the_same_output_replaces_the_result() {
 fn errors_name_the_problem_and_exit_non_zero() {
     let out = tempfile::tempdir().expect("temp dir");
     let empty = tempfile::tempdir().expect("temp dir");
-    let sample = sample_dir().display().to_string();
+    let (sample, model) = (sample_dir().display().to_string(), model());
+    let empty = empty.path().display().to_string();
     let output_dir = out.path().display().to_string();
-    let cases: Vec<(Vec<String>, &str)> = vec![
+    // (input, model, extra flags, expected message)
+    let cases: [(&str, &str, &[&str], &str); 6] = [
+        ("/nonexistent/photos", &model, &[], "input folder /nonexistent/photos does not exist"),
+        (&empty, &model, &[], "no image files (.jpg, .jpeg, .png) found under"),
+        (&sample, "/nonexistent/model.onnx", &[], "model file /nonexistent/model.onnx not found"),
+        (&sample, &model, &["--model-layout", "nchw"], "expected float32 [N, 3, 224, 224] (NCHW)"),
+        (&sample, &model, &["--model-output", "logits"], "no output named 'logits' (the model's outputs: features)"),
         (
-            vec![
-                "run".into(),
-                "--input".into(),
-                "/nonexistent/photos".into(),
-                "--output".into(),
-                output_dir.clone(),
-                "--model".into(),
-                model(),
-            ],
-            "input folder /nonexistent/photos does not exist",
-        ),
-        (
-            vec![
-                "run".into(),
-                "--input".into(),
-                empty.path().display().to_string(),
-                "--output".into(),
-                output_dir.clone(),
-                "--model".into(),
-                model(),
-            ],
-            "no image files (.jpg, .jpeg, .png) found under",
-        ),
-        (
-            vec![
-                "run".into(),
-                "--input".into(),
-                sample.clone(),
-                "--output".into(),
-                output_dir.clone(),
-                "--model".into(),
-                "/nonexistent/model.onnx".into(),
-            ],
-            "model file /nonexistent/model.onnx not found",
-        ),
-        (
-            vec![
-                "run".into(),
-                "--input".into(),
-                sample.clone(),
-                "--output".into(),
-                output_dir.clone(),
-                "--model".into(),
-                model(),
-                "--model-layout".into(),
-                "nchw".into(),
-            ],
-            "expected float32 [N, 3, 224, 224] (NCHW)",
-        ),
-        (
-            vec![
-                "run".into(),
-                "--input".into(),
-                sample.clone(),
-                "--output".into(),
-                output_dir.clone(),
-                "--model".into(),
-                model(),
-                "--model-output".into(),
-                "logits".into(),
-            ],
-            "no output named 'logits' (the model's outputs: features)",
-        ),
-        (
-            vec![
-                "run".into(),
-                "--input".into(),
-                sample,
-                "--output".into(),
-                output_dir,
-                "--model".into(),
-                model(),
-                "--ort-library".into(),
-                "/nonexistent/libonnxruntime.so".into(),
-            ],
+            &sample,
+            &model,
+            &["--ort-library", "/nonexistent/libonnxruntime.so"],
             "ONNX Runtime 1.31.1 library not found (looked for /nonexistent/libonnxruntime.so)",
         ),
     ];
-    for (args, expected) in cases {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    for (input, model, extra, expected) in cases {
+        let mut args = vec!["run", "--input", input, "--output", &output_dir, "--model", model];
+        args.extend_from_slice(extra);
         let output = fruits(&args);
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{args:?}\n{stderr}");
