@@ -1,17 +1,21 @@
 # The two commands a new user needs, and the steps they rest on.
 #   make run    featurize the sample images on the embedded engine (OUTPUT=out by default)
-#   make test   build everything and run every test
+#   make test   build everything, install the S3 server the cluster tests use, run every test
 SHARED ?= ../shared
 INPUT  ?= $(SHARED)/data/fruits-360
 MODEL  ?= $(SHARED)/models/mobilenetv2_features.onnx
 OUTPUT ?= out
 CARGO  ?= cargo
 
-.PHONY: setup build run test bench
+.PHONY: setup setup-s3 build run test bench bench-cluster
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
 	./scripts/setup-onnxruntime.sh
+
+# Garage, the S3 server of the cluster tests and of a local cluster (built once, then cached).
+setup-s3:
+	./scripts/setup-garage.sh
 
 build: setup
 	$(CARGO) build --release --workspace --bins
@@ -19,8 +23,11 @@ build: setup
 run: build
 	$(CARGO) run --release --quiet --bin fruits -- run --input "$(INPUT)" --output "$(OUTPUT)" --model "$(MODEL)"
 
-test: build
+test: build setup-s3
 	$(CARGO) test --release --workspace
 
 bench: build
 	$(CARGO) run --release --quiet --bin fruits -- bench --input "$(INPUT)" --model "$(MODEL)"
+
+bench-cluster: build
+	./scripts/bench-cluster.sh "$(INPUT)" "$(MODEL)"

@@ -1,5 +1,6 @@
-//! The `images` table, its scan and `featurize` survive the protobuf round trip that carries
-//! plans from client to scheduler to executors, and the decoded plan computes the same rows.
+//! The `images` table, its scan, `featurize` and the features write survive the protobuf round
+//! trip that carries plans from client to scheduler to executors, and the decoded plan computes
+//! the same rows.
 
 use std::sync::Arc;
 
@@ -11,9 +12,10 @@ use datafusion_proto::bytes::{
     logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
-use fruits_tests::{model_path, sample_dir};
+use fruits_tests::{model_path, read_committed, sample_dir};
 use fruits_udfs::{
-    Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, ModelConfig, Parallelism, ScanOptions,
+    Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Manifest, ModelConfig,
+    ObjectStores, Parallelism, S3Options, ScanOptions, WriteFeatures,
 };
 
 const QUERY: &str =
@@ -22,8 +24,9 @@ const QUERY: &str =
 fn context() -> SessionContext {
     let featurizer =
         Arc::new(Featurizer::load(ModelConfig::new(model_path()), Parallelism::for_task_slots(2)).expect("model"));
-    let ctx = SessionContext::new_with_config(SessionConfig::new().with_target_partitions(4));
-    fruits_udfs::register(&ctx, &featurizer);
+    let runtime = ObjectStores::new(S3Options::default()).runtime_env().expect("runtime");
+    let config = SessionConfig::new().with_target_partitions(4);
+    let ctx = SessionContext::new_with_state(fruits_udfs::session_state(config, runtime, &Backend::Model(featurizer)));
     let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100 })
         .expect("table");
     ctx.register_table("images", Arc::new(table)).expect("register");
@@ -68,4 +71,44 @@ async fn physical_plan_round_trip_keeps_the_file_groups() {
     let expected = collect(plan, ctx.task_ctx()).await.expect("run original");
     let actual = collect(decoded, ctx.task_ctx()).await.expect("run decoded");
     assert_eq!(show(&actual), show(&expected));
+}
+
+#[tokio::test]
+async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
+    let ctx = context();
+    let out = tempfile::tempdir().expect("temp dir");
+    let url = format!("file://{}/features/", out.path().display());
+    let select = ctx
+        .sql("SELECT path, label, featurize_or_error(content) AS result FROM images WHERE label = 'Mangostan'")
+        .await
+        .expect("sql")
+        .into_unoptimized_plan();
+    let plan = WriteFeatures::try_new(select, url.as_str(), "run1").expect("write node").into_plan();
+
+    let logical = FruitsLogicalCodec::default();
+    let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical).expect("encode");
+    let decoded = logical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &logical).expect("decode");
+    assert_eq!(format!("{}", decoded.display_indent()), format!("{}", plan.display_indent()));
+    assert!(format!("{}", decoded.display_indent()).contains("WriteFeatures: output=file://"));
+
+    let physical = ctx.state().create_physical_plan(&decoded).await.expect("physical plan");
+    let codec = FruitsPhysicalCodec::default();
+    let bytes = physical_plan_to_bytes_with_extension_codec(Arc::clone(&physical), &codec).expect("encode");
+    let decoded = physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &codec).expect("decode");
+    let text = displayable(decoded.as_ref()).indent(true).to_string();
+    assert_eq!(text, displayable(physical.as_ref()).indent(true).to_string());
+    assert!(text.starts_with("FeaturesSinkExec: output=file://"), "{text}");
+
+    let partitions = decoded.properties().output_partitioning().partition_count();
+    let reports = collect(decoded, ctx.task_ctx()).await.expect("run the write");
+    let manifest = Manifest::from_reports("run1", &reports).expect("manifest");
+    assert_eq!(manifest.files.len(), partitions);
+    assert_eq!((manifest.rows, manifest.failed), (300, 0));
+    assert!(manifest.files.iter().all(|f| f.file.starts_with("part-") && f.file.contains("-run1-")));
+
+    let folder = FeaturesDir::open(&ctx.runtime_env(), &url).expect("features folder");
+    folder.commit(&manifest).await.expect("commit");
+    let committed = read_committed(&out.path().join("features"));
+    assert_eq!(committed.rows.len(), 300);
+    assert!(committed.rows.iter().all(|r| r.label.as_deref() == Some("Mangostan") && r.features.is_some()));
 }

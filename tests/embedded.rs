@@ -29,9 +29,11 @@ fn run_featurizes_the_whole_sample_like_the_reference() {
     let summary = read_summary(out.path());
     assert_eq!((summary.rows_in, summary.rows_out, summary.featurized), (4835, 4835, 4835));
     assert!(summary.failed.is_empty(), "{:?}", summary.failed);
-    assert_eq!(summary.feature_dim, 1280);
 
-    let rows = read_features(&out.path().join("features"));
+    let Committed { manifest, rows } = read_committed(&out.path().join("features"));
+    assert_eq!((manifest.rows, manifest.failed), (4835, 0));
+    assert_eq!(manifest.files.iter().map(|f| f.file.clone()).collect::<Vec<_>>(), summary.files);
+    assert!(manifest.files.iter().all(|f| f.file.contains(&summary.run_id)), "{manifest:?}");
     assert_eq!(rows.len(), 4835);
     let mut per_label = BTreeMap::new();
     for row in &rows {
@@ -122,11 +124,14 @@ fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
     );
     assert!(summary.failed.iter().all(|f| f.label.as_deref() == Some("Broken")));
 
-    let rows = read_features(&out.path().join("features"));
+    let rows = read_committed(&out.path().join("features")).rows;
     assert_eq!(rows.len(), 8);
-    let nulls: Vec<_> =
-        rows.iter().filter(|r| r.features.is_none()).map(|r| r.path.rsplit('/').next().unwrap_or_default()).collect();
-    assert_eq!(nulls.len(), 3, "{nulls:?}");
+    let nulls: BTreeMap<_, _> = rows
+        .iter()
+        .filter(|r| r.features.is_none())
+        .map(|r| (r.path.rsplit('/').next().unwrap_or_default().to_owned(), r.error.clone().unwrap_or_default()))
+        .collect();
+    assert_eq!(nulls, failed, "the files carry the same errors as the summary");
     assert!(rows.iter().all(|r| !r.path.ends_with(".DS_Store") && !r.path.ends_with(".txt")));
 
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -134,19 +139,40 @@ fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
     assert!(stdout.contains("truncated.jpg: truncated JPEG"), "{stdout}");
 }
 
+/// File names in a local folder, sorted.
+fn file_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("read dir")
+        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
+        .collect();
+    names.sort();
+    names
+}
+
 #[test]
 fn rerunning_into_the_same_output_replaces_the_result() {
     let input = tempfile::tempdir().expect("temp dir");
     copy_sample_images(input.path(), "Pear", 2);
     let out = tempfile::tempdir().expect("temp dir");
-    std::fs::create_dir_all(out.path().join("features")).expect("mkdir");
-    std::fs::write(out.path().join("features/part-00007.parquet"), b"stale").expect("write");
+    let features = out.path().join("features");
+    std::fs::create_dir_all(&features).expect("mkdir");
+    std::fs::write(features.join("part-00007-old-run.parquet"), b"stale").expect("write");
     assert_success(&run_job(input.path(), out.path(), &[]));
+    let first = read_summary(out.path());
+
+    copy_sample_images(input.path(), "Avocado", 1);
     let quiet = run_job(input.path(), out.path(), &["--quiet"]);
     assert_success(&quiet);
     assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty(), "--quiet printed {quiet:?}");
-    assert_eq!(read_features(&out.path().join("features")).len(), 2);
-    assert_eq!(read_summary(out.path()).files, vec!["features/part-00000.parquet"]);
+    let second = read_summary(out.path());
+    assert_ne!(first.run_id, second.run_id);
+    assert_eq!(read_committed(&features).rows.len(), 3);
+
+    // Only this run's files and the manifest are left.
+    let mut expected = second.files.clone();
+    expected.push("_SUCCESS".to_owned());
+    expected.sort();
+    assert_eq!(file_names(&features), expected);
 }
 
 #[test]
@@ -179,6 +205,7 @@ fn errors_name_the_problem_and_exit_non_zero() {
         assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in\n{stderr}");
     }
     assert!(!out.path().join("summary.json").exists());
+    assert!(!out.path().join("features/_SUCCESS").exists());
 }
 
 #[test]
@@ -219,7 +246,7 @@ fn sql_writes_featurize_results_to_parquet() {
         "SELECT path, label, featurize(content) AS features FROM images",
     ]);
     assert_success(&output);
-    let rows = read_features(&out.path().join("q"));
+    let rows = read_parquet_dir(&out.path().join("q"));
     assert_eq!(rows.len(), 3);
     assert!(
         rows.iter()

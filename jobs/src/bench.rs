@@ -19,13 +19,17 @@ use crate::job;
 const MIN_DURATION: Duration = Duration::from_secs(5);
 
 pub async fn run(args: &BenchArgs) -> Result<()> {
+    ensure!(
+        args.engine.scheduler.is_none(),
+        "fruits bench measures the embedded engine; scripts/bench-cluster.sh compares it with a cluster"
+    );
     let slots = args.engine.slots();
-    let engine = Engine::standalone(args.model.config(), slots).await?;
+    let engine = Engine::start(&args.engine, &args.model).await?;
     engine.register_images(&args.input.input, args.input.scan_options())?;
 
     let images = sample(&engine, args.sample).await?;
     ensure!(!images.is_empty(), "no images under {}", args.input.input);
-    let featurizer = &engine.featurizer;
+    let featurizer = engine.featurizer().context("the embedded engine has a model")?;
     let config = featurizer.config();
     let per_image = config.input.values_per_image();
 
@@ -81,7 +85,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
 
     // The whole job, into a scratch folder.
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
-    let summary = job::run(&engine, &args.input.input, scratch.path(), true).await?;
+    let scratch = scratch.path().to_str().context("scratch folder path is not UTF-8")?;
+    let summary = job::run(&engine, &args.input.input, scratch, true).await?;
     let full_rate = summary.images_per_second;
 
     println!("fruits bench: {} images, {slots} task slots, batch {batch}", summary.rows_in);

@@ -3,9 +3,8 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use fruits_udfs::model::ORT_LIBRARY_ENV;
-use fruits_udfs::preprocess::{InputSpec, Layout, Scaling};
-use fruits_udfs::{ModelConfig, ScanOptions};
+use fruits_process::{ModelArgs, S3Args};
+use fruits_udfs::ScanOptions;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -30,6 +29,22 @@ pub enum Command {
     Sql(SqlArgs),
     /// Measure images/s of the raw model, of decode+resize and of the full job, on this machine.
     Bench(BenchArgs),
+    /// Copy the images under a local folder to an object-store prefix, keeping the folders.
+    Upload(UploadArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// Local folder of images, one folder per label.
+    #[arg(long)]
+    pub from: String,
+
+    /// Destination prefix, e.g. s3://bucket/photos.
+    #[arg(long)]
+    pub to: String,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, Args)]
@@ -37,9 +52,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub input: InputArgs,
 
-    /// Output directory: receives features/*.parquet and summary.json.
+    /// Output folder or object-store prefix (s3://bucket/prefix): receives features/ (Parquet
+    /// files and the _SUCCESS manifest) and summary.json. A previous result there is replaced.
     #[arg(long, short)]
-    pub output: PathBuf,
+    pub output: String,
 
     #[command(flatten)]
     pub engine: EngineArgs,
@@ -102,9 +118,17 @@ impl InputArgs {
 
 #[derive(Debug, Args)]
 pub struct EngineArgs {
+    /// Run on this Ballista cluster (df://HOST:PORT, the fruits-scheduler) instead of the
+    /// embedded engine.
+    #[arg(long, env = "FRUITS_SCHEDULER")]
+    pub scheduler: Option<String>,
+
     /// Task slots of the embedded executor, and inference sessions (default: number of cores).
     #[arg(long, env = "FRUITS_PARALLELISM", value_parser = clap::value_parser!(u64).range(1..))]
     pub parallelism: Option<u64>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 impl EngineArgs {
@@ -112,57 +136,5 @@ impl EngineArgs {
         self.parallelism
             .map(|p| p as usize)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-    }
-}
-
-#[derive(Debug, Args)]
-pub struct ModelArgs {
-    /// ONNX model producing one embedding per image.
-    #[arg(long, env = "FRUITS_MODEL")]
-    pub model: PathBuf,
-
-    /// ONNX Runtime shared library (default: found next to the binary or in the checkout's .runtime/).
-    #[arg(long, env = ORT_LIBRARY_ENV)]
-    pub ort_library: Option<PathBuf>,
-
-    /// Name of the model's image input.
-    #[arg(long, default_value = "input")]
-    pub model_input: String,
-
-    /// Name of the model's embedding output, of shape [N, D].
-    #[arg(long, default_value = "features")]
-    pub model_output: String,
-
-    /// Memory layout of the input tensor: nhwc or nchw.
-    #[arg(long, default_value_t = InputSpec::default().layout)]
-    pub model_layout: Layout,
-
-    /// Pixel scaling: symmetric (x/127.5-1), unit (x/255) or imagenet (mean/std).
-    #[arg(long, default_value_t = InputSpec::default().scaling)]
-    pub model_scaling: Scaling,
-
-    /// Input width and height, in pixels.
-    #[arg(long, default_value_t = InputSpec::default().width, value_parser = clap::value_parser!(u32).range(1..=4096))]
-    pub model_size: u32,
-
-    /// Most images per inference call.
-    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
-    pub batch_size: u64,
-}
-
-impl ModelArgs {
-    pub fn config(&self) -> ModelConfig {
-        let mut config = ModelConfig::new(&self.model);
-        config.ort_library = self.ort_library.clone();
-        config.input_name = self.model_input.clone();
-        config.output_name = self.model_output.clone();
-        config.input = InputSpec {
-            width: self.model_size,
-            height: self.model_size,
-            layout: self.model_layout,
-            scaling: self.model_scaling,
-        };
-        config.max_batch = self.batch_size as usize;
-        config
     }
 }

@@ -1,43 +1,124 @@
-//! The engine a job runs on: Ballista standalone (scheduler and executor in this process).
+//! The engine a job runs on: Ballista standalone (scheduler and executor in this process) or a
+//! remote Ballista cluster of `fruits-scheduler` and `fruits-executor`s.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use ballista_core::config::BALLISTA_STANDALONE_PARALLELISM;
 use datafusion::prelude::{SessionConfig, SessionContext};
-use fruits_udfs::{Featurizer, IMAGES_TABLE, ImagesTable, ModelConfig, Parallelism, ScanOptions};
+use fruits_process::ModelArgs;
+use fruits_udfs::{Backend, Featurizer, IMAGES_TABLE, ImagesTable, ObjectStores, Parallelism, ScanOptions};
+use url::Url;
 
-/// A session on a running engine, with `images` and the featurize functions registered.
+use crate::cli::EngineArgs;
+
+/// Ballista's default scheduler port.
+const DEFAULT_SCHEDULER_PORT: u16 = 50050;
+
+/// Where the work happens.
+pub enum Mode {
+    /// In this process, with the model loaded here.
+    Embedded { featurizer: Arc<Featurizer>, slots: usize },
+    /// On the executors of the cluster behind `scheduler`; this process only plans and commits.
+    Cluster { scheduler: String },
+}
+
+/// A session on a running engine, with the featurize functions registered.
 pub struct Engine {
     pub ctx: SessionContext,
-    pub featurizer: Arc<Featurizer>,
-    pub slots: usize,
+    pub mode: Mode,
 }
 
 impl Engine {
-    /// Loads the model and starts an in-process Ballista scheduler and executor with `slots`
-    /// task slots; the model gets one inference session per slot.
-    pub async fn standalone(model: ModelConfig, slots: usize) -> Result<Self> {
-        let featurizer = Arc::new(Featurizer::load(model, Parallelism::for_task_slots(slots))?);
-        let config = fruits_udfs::with_codecs(SessionConfig::new_with_ballista())
+    /// The cluster if `--scheduler` is given, else the embedded engine (which needs the model).
+    pub async fn start(engine: &EngineArgs, model: &ModelArgs) -> Result<Self> {
+        let stores = ObjectStores::new(engine.s3.options());
+        match &engine.scheduler {
+            Some(scheduler) => Self::cluster(scheduler, stores).await,
+            None => {
+                let model = model.config().context(
+                    "no model: pass --model PATH.onnx or set FRUITS_MODEL (the embedded engine featurizes in this \
+                     process; use --scheduler to run on a cluster)",
+                )?;
+                let slots = engine.slots();
+                let featurizer = Arc::new(Featurizer::load(model, Parallelism::for_task_slots(slots))?);
+                Self::standalone(featurizer, slots, stores).await
+            }
+        }
+    }
+
+    /// Starts an in-process Ballista scheduler and executor with `slots` task slots.
+    pub async fn standalone(featurizer: Arc<Featurizer>, slots: usize, stores: Arc<ObjectStores>) -> Result<Self> {
+        let config = SessionConfig::new_with_ballista()
             .with_target_partitions(slots)
             .set_usize(BALLISTA_STANDALONE_PARALLELISM, slots);
-        let state = fruits_udfs::session_state(config, &featurizer);
+        let backend = Backend::Model(Arc::clone(&featurizer));
+        let state = fruits_udfs::session_state(config, stores.runtime_env()?, &backend);
         let ctx = SessionContext::standalone_with_state(state)
             .await
             .context("cannot start the embedded Ballista scheduler and executor")?;
-        fruits_udfs::register(&ctx, &featurizer);
-        Ok(Self { ctx, featurizer, slots })
+        fruits_udfs::register(&ctx, &backend);
+        Ok(Self { ctx, mode: Mode::Embedded { featurizer, slots } })
+    }
+
+    /// Connects to the scheduler at `scheduler` (`df://HOST:PORT`).
+    pub async fn cluster(scheduler: &str, stores: Arc<ObjectStores>) -> Result<Self> {
+        let address = scheduler_address(scheduler)?;
+        let reachable = tokio::time::timeout(Duration::from_secs(10), tokio::net::TcpStream::connect(&address)).await;
+        match reachable {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => bail!("cannot reach the fruits scheduler at {scheduler} ({address}): {e}"),
+            Err(_) => bail!("cannot reach the fruits scheduler at {scheduler} ({address}): no answer within 10 s"),
+        }
+        let state = fruits_udfs::session_state(
+            SessionConfig::new_with_ballista(),
+            stores.runtime_env()?,
+            &Backend::PlanningOnly,
+        );
+        let ctx = SessionContext::remote_with_state(&format!("df://{address}"), state)
+            .await
+            .with_context(|| format!("cannot connect to the fruits scheduler at {scheduler}"))?;
+        fruits_udfs::register(&ctx, &Backend::PlanningOnly);
+        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned() } })
     }
 
     /// Registers the `images` table over `input`.
     pub fn register_images(&self, input: &str, options: ScanOptions) -> Result<()> {
-        check_local_input(input)?;
+        if matches!(self.mode, Mode::Embedded { .. }) {
+            check_local_input(input)?;
+        }
         let table = ImagesTable::try_new(input, options).with_context(|| format!("invalid input location {input}"))?;
         self.ctx.register_table(IMAGES_TABLE, Arc::new(table))?;
         Ok(())
     }
+
+    /// The loaded model, on the embedded engine.
+    pub fn featurizer(&self) -> Option<&Arc<Featurizer>> {
+        match &self.mode {
+            Mode::Embedded { featurizer, .. } => Some(featurizer),
+            Mode::Cluster { .. } => None,
+        }
+    }
+
+    /// One line for people: which engine ran the job.
+    pub fn describe(&self) -> String {
+        match &self.mode {
+            Mode::Embedded { slots, .. } => format!("ballista standalone, {slots} task slots"),
+            Mode::Cluster { scheduler } => format!("ballista cluster at {scheduler}"),
+        }
+    }
+}
+
+/// `HOST:PORT` of a `df://HOST[:PORT]` scheduler URL.
+fn scheduler_address(scheduler: &str) -> Result<String> {
+    let url =
+        Url::parse(scheduler).with_context(|| format!("invalid scheduler URL {scheduler}: expected df://HOST:PORT"))?;
+    let Some(host) = url.host_str().filter(|_| url.scheme() == "df") else {
+        bail!("invalid scheduler URL {scheduler}: expected df://HOST:PORT");
+    };
+    Ok(format!("{host}:{}", url.port().unwrap_or(DEFAULT_SCHEDULER_PORT)))
 }
 
 /// A local input that does not exist would list as empty; say so instead.
@@ -48,4 +129,18 @@ fn check_local_input(input: &str) -> Result<()> {
         anyhow::ensure!(path.is_dir(), "input folder {} does not exist or is not a folder", path.display());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scheduler_urls() {
+        assert_eq!(scheduler_address("df://10.0.0.5:50050").unwrap(), "10.0.0.5:50050");
+        assert_eq!(scheduler_address("df://master").unwrap(), "master:50050");
+        for bad in ["10.0.0.5:50050", "http://master:50050", "df://"] {
+            assert!(scheduler_address(bad).unwrap_err().to_string().contains("expected df://HOST:PORT"), "{bad}");
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod job;
 mod output;
 mod progress;
 mod sql;
+mod upload;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,8 @@ use engine::Engine;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let default_level = if cli.quiet { "error" } else { "warn" };
+    // Ballista's client logs a failed job before returning the same error, which we print.
+    let default_level = if cli.quiet { "error" } else { "warn,ballista_core::execution_plans::distributed_query=off" };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(default_level)).init();
 
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -40,7 +42,7 @@ fn main() -> ExitCode {
 async fn dispatch(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Run(args) => {
-            let engine = Engine::standalone(args.model.config(), args.engine.slots()).await?;
+            let engine = Engine::start(&args.engine, &args.model).await?;
             engine.register_images(&args.input.input, args.input.scan_options())?;
             let summary = job::run(&engine, &args.input.input, &args.output, cli.quiet).await?;
             if !cli.quiet {
@@ -48,11 +50,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             }
         }
         Command::Sql(args) => {
-            let engine = Engine::standalone(args.model.config(), args.engine.slots()).await?;
+            let engine = Engine::start(&args.engine, &args.model).await?;
             engine.register_images(&args.input.input, args.input.scan_options())?;
             sql::run(&engine, &args.query, args.output.as_deref()).await?;
         }
         Command::Bench(args) => bench::run(&args).await?,
+        Command::Upload(args) => upload::run(&args, cli.quiet).await?,
     }
     Ok(())
 }

@@ -1,14 +1,18 @@
-//! Writing results: Parquet parts and the job summary.
+//! Writing results: the output folder, the job summary, and Parquet parts for `fruits sql`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
 
 /// Rows per Parquet file: about 500 MB of 1280-float features, a size that every reader
@@ -16,6 +20,55 @@ use serde::Serialize;
 const ROWS_PER_FILE: usize = 100_000;
 /// Rows per row group (about 5 MB of features): readers can skip and parallelise.
 const ROWS_PER_GROUP: usize = 1024;
+
+/// The folder a run writes into: a local folder or an object-store prefix.
+pub struct OutputDir {
+    url: ListingTableUrl,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl OutputDir {
+    /// `output` is a local path (created if missing) or a URL such as `s3://bucket/prefix`.
+    pub fn resolve(output: &str, runtime: &RuntimeEnv) -> Result<Self> {
+        let url = if output.contains("://") {
+            format!("{}/", output.trim_end_matches('/'))
+        } else {
+            let dir = Path::new(output);
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create output folder {}", dir.display()))?;
+            let dir = dir.canonicalize().with_context(|| format!("cannot resolve output folder {}", dir.display()))?;
+            url::Url::from_directory_path(&dir)
+                .map_err(|()| anyhow::anyhow!("output folder {} is not an absolute path", dir.display()))?
+                .to_string()
+        };
+        let url = ListingTableUrl::parse(&url).with_context(|| format!("invalid output location {output}"))?;
+        let store =
+            runtime.object_store(url.object_store()).with_context(|| format!("no store for output {output}"))?;
+        Ok(Self { url, store })
+    }
+
+    /// The URL of `name` inside the folder; a name ending in `/` is a sub-folder.
+    pub fn child_url(&self, name: &str) -> String {
+        format!("{}{name}", self.url.as_str())
+    }
+
+    pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = self.url.prefix().clone().join(name);
+        self.store
+            .put(&path, PutPayload::from(bytes))
+            .await
+            .with_context(|| format!("cannot write {}", self.child_url(name)))?;
+        Ok(())
+    }
+
+    /// Removes `name` if it exists.
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        let path = self.url.prefix().clone().join(name);
+        match self.store.delete(&path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot delete {}", self.child_url(name))),
+        }
+    }
+}
 
 /// Streams batches into `part-00000.parquet`, `part-00001.parquet`, ... in one folder.
 pub struct PartWriter {
@@ -96,23 +149,33 @@ pub struct FailedImage {
 #[derive(Debug, Serialize)]
 pub struct Summary {
     pub input: String,
+    /// URL of the output folder.
     pub output: String,
-    pub model: String,
+    /// The model, when it ran in this process (on a cluster, the executors name theirs).
+    pub model: Option<String>,
     pub engine: String,
+    /// Names this run's files in features/.
+    pub run_id: String,
     /// Image files listed under the input.
-    pub rows_in: usize,
+    pub rows_in: u64,
     /// Rows written to features/ (one per listed file; failed ones have NULL features).
-    pub rows_out: usize,
+    pub rows_out: u64,
     /// Rows whose features were computed.
-    pub featurized: usize,
+    pub featurized: u64,
     pub failed: Vec<FailedImage>,
-    pub feature_dim: usize,
+    /// The committed Parquet files, relative to features/.
     pub files: Vec<String>,
     pub seconds: f64,
     pub images_per_second: f64,
+    /// Bytes this process read (files and network) during the run, on Linux. On a cluster the
+    /// images go from the store to the executors and only small reports come back, so this
+    /// stays far below the size of the images.
+    pub client_bytes_read: Option<u64>,
 }
 
-pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
-    let text = serde_json::to_string_pretty(value)?;
-    std::fs::write(path, text + "\n").with_context(|| format!("cannot write {}", path.display()))
+/// `value` as pretty JSON with a final newline.
+pub fn to_json(value: &impl Serialize) -> Result<Vec<u8>> {
+    let mut text = serde_json::to_vec_pretty(value)?;
+    text.push(b'\n');
+    Ok(text)
 }

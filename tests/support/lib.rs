@@ -1,13 +1,37 @@
 //! What the tests share: where the sample data, the model and the built binaries are, how to
 //! run a binary, and how to read what it wrote.
 
+pub mod cluster;
+pub mod garage;
+
+use std::collections::BTreeSet;
+use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::Mutex;
 
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Float32Type;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use fruits_udfs::sink::{MANIFEST_FILE, Manifest};
 use serde::Deserialize;
+
+pub use bytes::Bytes;
+
+/// A loopback port the OS reports free. Ports once handed out are never handed out again in
+/// this process, so servers started by tests running in parallel threads cannot get the same
+/// one even before either has bound it.
+pub fn free_port() -> u16 {
+    static HANDED_OUT: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut handed_out = HANDED_OUT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    loop {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind a loopback port");
+        let port = listener.local_addr().expect("local address").port();
+        if handed_out.insert(port) {
+            return port;
+        }
+    }
+}
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
@@ -74,39 +98,73 @@ pub struct FeatureRow {
     pub path: String,
     pub label: Option<String>,
     pub features: Option<Vec<f32>>,
+    /// Why `features` is NULL (absent from files that have no `error` column).
+    pub error: Option<String>,
 }
 
-/// Reads every `*.parquet` file in `dir` (sorted by name).
-pub fn read_features(dir: &Path) -> Vec<FeatureRow> {
+/// The rows of one Parquet file.
+pub fn parse_features(parquet: Bytes) -> Vec<FeatureRow> {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(parquet).expect("parquet metadata").build().expect("reader");
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("parquet batch");
+        let paths = batch.column_by_name("path").expect("path column").as_string::<i32>();
+        let labels = batch.column_by_name("label").expect("label column").as_string::<i32>();
+        let features = batch.column_by_name("features").expect("features column").as_list::<i32>();
+        let errors = batch.column_by_name("error").map(|c| c.as_string::<i32>());
+        for row in 0..batch.num_rows() {
+            rows.push(FeatureRow {
+                path: paths.value(row).to_owned(),
+                label: labels.is_valid(row).then(|| labels.value(row).to_owned()),
+                features: features
+                    .is_valid(row)
+                    .then(|| features.value(row).as_primitive::<Float32Type>().values().to_vec()),
+                error: errors.and_then(|e| e.is_valid(row).then(|| e.value(row).to_owned())),
+            });
+        }
+    }
+    rows
+}
+
+/// Reads every `*.parquet` file in `dir` (sorted by name): what `fruits sql --output` writes.
+pub fn read_parquet_dir(dir: &Path) -> Vec<FeatureRow> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
         .map(|entry| entry.expect("dir entry").path())
         .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
         .collect();
     files.sort();
+    files.iter().flat_map(|f| parse_features(Bytes::from(std::fs::read(f).expect("read parquet")))).collect()
+}
+
+/// A committed features folder: its manifest and the rows of the files it lists.
+#[derive(Debug)]
+pub struct Committed {
+    pub manifest: Manifest,
+    pub rows: Vec<FeatureRow>,
+}
+
+/// Reads a committed features folder through `get` (file name to bytes, `None` if missing),
+/// the way a reader must: the `_SUCCESS` manifest first, then only the files it lists, whose
+/// row counts must match it.
+pub fn read_committed_with(get: impl Fn(&str) -> Option<Bytes>) -> Committed {
+    let manifest = get(MANIFEST_FILE).expect("no _SUCCESS manifest: the run was not committed");
+    let manifest: Manifest = serde_json::from_slice(&manifest).expect("_SUCCESS is a fruits manifest");
     let mut rows = Vec::new();
-    for file in files {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&file).expect("open parquet"))
-            .expect("parquet metadata")
-            .build()
-            .expect("parquet reader");
-        for batch in reader {
-            let batch = batch.expect("parquet batch");
-            let paths = batch.column_by_name("path").expect("path column").as_string::<i32>();
-            let labels = batch.column_by_name("label").expect("label column").as_string::<i32>();
-            let features = batch.column_by_name("features").expect("features column").as_list::<i32>();
-            for row in 0..batch.num_rows() {
-                rows.push(FeatureRow {
-                    path: paths.value(row).to_owned(),
-                    label: labels.is_valid(row).then(|| labels.value(row).to_owned()),
-                    features: features
-                        .is_valid(row)
-                        .then(|| features.value(row).as_primitive::<Float32Type>().values().to_vec()),
-                });
-            }
-        }
+    for file in &manifest.files {
+        let bytes = get(&file.file).unwrap_or_else(|| panic!("{} is in the manifest but missing", file.file));
+        let file_rows = parse_features(bytes);
+        assert_eq!(file_rows.len() as u64, file.rows, "row count of {}", file.file);
+        assert_eq!(file_rows.iter().filter(|r| r.features.is_none()).count() as u64, file.failed, "{}", file.file);
+        rows.extend(file_rows);
     }
-    rows
+    assert_eq!(rows.len() as u64, manifest.rows);
+    Committed { manifest, rows }
+}
+
+/// [`read_committed_with`] on a local features folder.
+pub fn read_committed(dir: &Path) -> Committed {
+    read_committed_with(|name| std::fs::read(dir.join(name)).ok().map(Bytes::from))
 }
 
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
@@ -146,12 +204,16 @@ impl Reference {
 /// The `summary.json` fields the tests check.
 #[derive(Debug, Deserialize)]
 pub struct Summary {
-    pub rows_in: usize,
-    pub rows_out: usize,
-    pub featurized: usize,
+    pub output: String,
+    pub engine: String,
+    pub run_id: String,
+    pub rows_in: u64,
+    pub rows_out: u64,
+    pub featurized: u64,
     pub failed: Vec<FailedImage>,
-    pub feature_dim: usize,
     pub files: Vec<String>,
+    pub images_per_second: f64,
+    pub client_bytes_read: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, Clone)]
@@ -163,6 +225,10 @@ pub struct FailedImage {
 
 pub fn read_summary(output: &Path) -> Summary {
     let path = output.join("summary.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_json::from_str(&text).expect("summary.json")
+    let text = std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    parse_summary(&text)
+}
+
+pub fn parse_summary(json: &[u8]) -> Summary {
+    serde_json::from_slice(json).expect("summary.json")
 }

@@ -1,4 +1,4 @@
-//! Plan codecs that carry the `images` table and its scan between client, scheduler and
+//! Plan codecs that carry the `images` table, its scan and the features write between client, scheduler and
 //! executors.
 //!
 //! datafusion-proto only knows the built-in tables and file formats. These codecs wrap
@@ -26,6 +26,7 @@ use datafusion_proto::physical_plan::{
 };
 use prost::Message;
 
+use crate::sink::{FeaturesSinkExec, WriteFeatures};
 use crate::table::{ImageSource, ImagesTable, ScanOptions, images_schema};
 
 /// Wire messages. Hand-written prost structs: two small messages do not justify a build step.
@@ -53,6 +54,29 @@ mod wire {
         Other(Vec<u8>),
     }
 
+    /// The features write, logical or physical: its input travels as the node's child.
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct WriteFeaturesNode {
+        #[prost(string, tag = "1")]
+        pub output: String,
+        #[prost(string, tag = "2")]
+        pub run_id: String,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct ExtensionNode {
+        #[prost(oneof = "Node", tags = "1, 2")]
+        pub node: Option<Node>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Oneof)]
+    pub enum Node {
+        #[prost(message, tag = "1")]
+        WriteFeatures(WriteFeaturesNode),
+        #[prost(bytes, tag = "2")]
+        Other(Vec<u8>),
+    }
+
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct ImageScanNode {
         #[prost(message, optional, tag = "1")]
@@ -61,7 +85,7 @@ mod wire {
 
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct PlanNode {
-        #[prost(oneof = "Plan", tags = "1, 2")]
+        #[prost(oneof = "Plan", tags = "1, 2, 3")]
         pub plan: Option<Plan>,
     }
 
@@ -71,6 +95,8 @@ mod wire {
         ImageScan(ImageScanNode),
         #[prost(bytes, tag = "2")]
         Other(Vec<u8>),
+        #[prost(message, tag = "3")]
+        FeaturesSink(WriteFeaturesNode),
     }
 }
 
@@ -96,11 +122,32 @@ impl Default for FruitsLogicalCodec {
 
 impl LogicalExtensionCodec for FruitsLogicalCodec {
     fn try_decode(&self, buf: &[u8], inputs: &[LogicalPlan], ctx: &TaskContext) -> Result<Extension> {
-        self.inner.try_decode(buf, inputs, ctx)
+        let node = wire::ExtensionNode::decode(buf).map_err(|e| decode_error("extension", e))?;
+        match node.node {
+            Some(wire::Node::WriteFeatures(write)) => {
+                let [input] = inputs else {
+                    return Err(internal_datafusion_err!("WriteFeatures takes exactly one input"));
+                };
+                Ok(WriteFeatures::try_new(input.clone(), write.output, write.run_id)?.into_extension())
+            }
+            Some(wire::Node::Other(inner)) => self.inner.try_decode(&inner, inputs, ctx),
+            None => Err(internal_datafusion_err!("extension node without a node")),
+        }
     }
 
     fn try_encode(&self, node: &Extension, buf: &mut Vec<u8>) -> Result<()> {
-        self.inner.try_encode(node, buf)
+        let node = match node.node.as_any().downcast_ref::<WriteFeatures>() {
+            Some(write) => wire::Node::WriteFeatures(wire::WriteFeaturesNode {
+                output: write.output().to_owned(),
+                run_id: write.run_id().to_owned(),
+            }),
+            None => {
+                let mut inner = Vec::new();
+                self.inner.try_encode(node, &mut inner)?;
+                wire::Node::Other(inner)
+            }
+        };
+        encode(&wire::ExtensionNode { node: Some(node) }, buf)
     }
 
     fn try_decode_table_provider(
@@ -180,6 +227,12 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
                 let config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
                 Ok(DataSourceExec::from_data_source(config))
             }
+            Some(wire::Plan::FeaturesSink(write)) => {
+                let [input] = inputs else {
+                    return Err(internal_datafusion_err!("FeaturesSinkExec takes exactly one input"));
+                };
+                Ok(Arc::new(FeaturesSinkExec::try_new(Arc::clone(input), &write.output, &write.run_id)?))
+            }
             Some(wire::Plan::Other(inner)) => self.inner.try_decode(&inner, inputs, ctx, proto_converter),
             None => Err(internal_datafusion_err!("plan node without a plan")),
         }
@@ -191,15 +244,19 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let plan = match image_scan(node.as_ref()) {
-            Some(config) => wire::Plan::ImageScan(wire::ImageScanNode {
+        let plan = if let Some(config) = image_scan(node.as_ref()) {
+            wire::Plan::ImageScan(wire::ImageScanNode {
                 base_conf: Some(serialize_file_scan_config(config, self, proto_converter)?),
-            }),
-            None => {
-                let mut inner = Vec::new();
-                self.inner.try_encode(node, &mut inner, proto_converter)?;
-                wire::Plan::Other(inner)
-            }
+            })
+        } else if let Some(sink) = node.downcast_ref::<FeaturesSinkExec>() {
+            wire::Plan::FeaturesSink(wire::WriteFeaturesNode {
+                output: sink.output().to_owned(),
+                run_id: sink.run_id().to_owned(),
+            })
+        } else {
+            let mut inner = Vec::new();
+            self.inner.try_encode(node, &mut inner, proto_converter)?;
+            wire::Plan::Other(inner)
         };
         encode(&wire::PlanNode { plan: Some(plan) }, buf)
     }

@@ -1,24 +1,29 @@
 //! Everything a fruits process needs to run `SELECT path, label, featurize(content) FROM images`
 //! on DataFusion Ballista: the `images` table, the `featurize` UDFs, the model runtime behind
-//! them and the plan codecs. The client, the scheduler and the executors all register the same
+//! them, the committed features write, object stores and the plan codecs. The client, the scheduler and the executors all register the same
 //! pieces through this crate, so a plan written on one is understood by the others.
 
 pub mod codec;
 pub mod model;
 pub mod preprocess;
+pub mod sink;
+pub mod store;
 pub mod table;
 pub mod udf;
 
 use std::sync::Arc;
 
 use ballista_core::extension::SessionConfigExt;
-use datafusion::execution::SessionState;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{FruitsLogicalCodec, FruitsPhysicalCodec};
 pub use model::{Featurizer, ModelConfig, ModelError, Parallelism};
+pub use sink::{FeaturesDir, FruitsQueryPlanner, Manifest, WriteFeatures};
+pub use store::{ObjectStores, S3Options};
 pub use table::{IMAGES_TABLE, ImagesTable, ScanOptions};
-pub use udf::{FEATURIZE, FEATURIZE_OR_ERROR, Featurize};
+pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, Featurize};
 
 /// `config` with the fruits plan codecs installed for Ballista, so that the `images` table and
 /// its scan can be sent to the scheduler and executors.
@@ -28,19 +33,27 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
         .with_ballista_physical_extension_codec(Arc::new(FruitsPhysicalCodec::default()))
 }
 
-/// Registers `featurize` and `featurize_or_error`, backed by `featurizer`, on `ctx`.
+/// Registers `featurize` and `featurize_or_error`, on `backend`, on `ctx`.
 ///
 /// Ballista's `standalone_with_state`/`remote_with_state` rebuild the session state and drop
 /// functions registered before, so call this on the context they return as well.
-pub fn register(ctx: &SessionContext, featurizer: &Arc<Featurizer>) {
-    for udf in Featurize::udfs(Arc::clone(featurizer)) {
+pub fn register(ctx: &SessionContext, backend: &Backend) {
+    for udf in Featurize::udfs(backend) {
         ctx.register_udf(udf);
     }
 }
 
-/// A session state with the fruits functions registered, for the processes that execute plans.
-pub fn session_state(config: SessionConfig, featurizer: &Arc<Featurizer>) -> SessionState {
-    let ctx = SessionContext::new_with_config(config);
-    register(&ctx, featurizer);
+/// The session state of every fruits process: `config` with our codecs, object stores from
+/// `runtime`, the planner that knows the features write, and the featurize functions on
+/// `backend`.
+pub fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>, backend: &Backend) -> SessionState {
+    let state = SessionStateBuilder::new()
+        .with_config(with_codecs(config))
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_query_planner(Arc::new(FruitsQueryPlanner))
+        .build();
+    let ctx = SessionContext::new_with_state(state);
+    register(&ctx, backend);
     ctx.state()
 }

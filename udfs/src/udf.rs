@@ -44,36 +44,50 @@ enum Output {
     FeaturesOrError,
 }
 
+/// What runs a process's `featurize` calls.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// An executor's (or the embedded engine's) loaded model.
+    Model(Arc<Featurizer>),
+    /// A client or scheduler: enough to plan a query, which then runs on the executors.
+    PlanningOnly,
+}
+
 /// The scalar UDF behind both functions.
 #[derive(Debug)]
 pub struct Featurize {
     output: Output,
-    featurizer: Arc<Featurizer>,
+    backend: Backend,
     signature: Signature,
 }
 
 impl Featurize {
-    fn new(output: Output, featurizer: Arc<Featurizer>) -> Self {
+    fn new(output: Output, backend: Backend) -> Self {
         let binary = [DataType::Binary, DataType::LargeBinary, DataType::BinaryView];
         let signature = Signature::one_of(
             binary.into_iter().map(|t| TypeSignature::Exact(vec![t])).collect(),
             Volatility::Immutable,
         );
-        Self { output, featurizer, signature }
+        Self { output, backend, signature }
     }
 
-    /// Both functions, backed by one loaded model.
-    pub fn udfs(featurizer: Arc<Featurizer>) -> [ScalarUDF; 2] {
+    /// Both functions, on `backend`.
+    pub fn udfs(backend: &Backend) -> [ScalarUDF; 2] {
         [
-            ScalarUDF::new_from_impl(Self::new(Output::Features, Arc::clone(&featurizer))),
-            ScalarUDF::new_from_impl(Self::new(Output::FeaturesOrError, featurizer)),
+            ScalarUDF::new_from_impl(Self::new(Output::Features, backend.clone())),
+            ScalarUDF::new_from_impl(Self::new(Output::FeaturesOrError, backend.clone())),
         ]
     }
 }
 
 impl PartialEq for Featurize {
     fn eq(&self, other: &Self) -> bool {
-        self.output == other.output && Arc::ptr_eq(&self.featurizer, &other.featurizer)
+        let same_backend = match (&self.backend, &other.backend) {
+            (Backend::Model(a), Backend::Model(b)) => Arc::ptr_eq(a, b),
+            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
+            _ => false,
+        };
+        self.output == other.output && same_backend
     }
 }
 
@@ -108,14 +122,20 @@ impl ScalarUDFImpl for Featurize {
         let [content] = args.args.as_slice() else {
             return exec_err!("{} takes exactly one argument, the image bytes", self.name());
         };
+        let Backend::Model(featurizer) = &self.backend else {
+            return exec_err!(
+                "{} runs on executors, which load the model; this process (a client or scheduler) has none",
+                self.name()
+            );
+        };
         let content = cast(&content.to_array(args.number_rows)?, &DataType::Binary)?;
         let content = content.as_binary::<i32>();
 
         let present: Vec<&[u8]> = content.iter().flatten().collect();
         let mut outcomes =
-            self.featurizer.featurize(&present).map_err(|e| DataFusionError::External(Box::new(e)))?.into_iter();
+            featurizer.featurize(&present).map_err(|e| DataFusionError::External(Box::new(e)))?.into_iter();
 
-        let dim = self.featurizer.feature_dim();
+        let dim = featurizer.feature_dim();
         let mut features =
             ListBuilder::with_capacity(Float32Builder::with_capacity(present.len() * dim), content.len());
         let mut errors = StringBuilder::new();

@@ -1,6 +1,12 @@
 //! The `FileSource` that reads image files whole: one file, one row.
+//!
+//! DataFusion's file stream keeps a single read in flight. An image is small and its
+//! featurizing short, so on an object store one-at-a-time reads would leave a task waiting on
+//! request latency most of the time; the opener therefore fetches the next files of its
+//! partition ahead, a few at once.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
@@ -15,7 +21,9 @@ use datafusion::physical_expr::projection::ProjectionExprs;
 use datafusion::physical_plan::PhysicalExpr;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::{FutureExt, StreamExt};
+use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
+use tokio::task::JoinHandle;
 
 use super::listing::{label_of, percent_decode};
 
@@ -42,12 +50,13 @@ impl FileSource for ImageSource {
         &self,
         store: Arc<dyn ObjectStore>,
         config: &FileScanConfig,
-        _partition: usize,
+        partition: usize,
     ) -> Result<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
         let columns = self.projection.file_indices.clone();
+        let files = config.file_groups.get(partition).map(|group| group.iter().map(|f| f.object_meta.location.clone()));
         let opener = Arc::new(ImageOpener {
-            store,
+            prefetch: Prefetch::new(store, files.into_iter().flatten().collect()),
             store_url: config.object_store_url.clone(),
             schema: Arc::new(file_schema.project(&columns)?),
             columns,
@@ -98,7 +107,7 @@ impl FileSource for ImageSource {
 /// Opens one file as a one-row batch of the projected columns. The bytes are fetched only if
 /// `content` is among them, so `SELECT label, count(*) ...` lists without reading.
 struct ImageOpener {
-    store: Arc<dyn ObjectStore>,
+    prefetch: Arc<Prefetch>,
     store_url: ObjectStoreUrl,
     /// Projected file-schema column indices: 0 path, 1 label, 2 content.
     columns: Vec<usize>,
@@ -107,14 +116,19 @@ struct ImageOpener {
 
 impl FileOpener for ImageOpener {
     fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
-        let store = Arc::clone(&self.store);
         let columns = self.columns.clone();
         let schema = Arc::clone(&self.schema);
         let location = file.object_meta.location;
         let url = format!("{}{}", self.store_url.as_str(), percent_decode(location.as_ref()));
+        let fetch = columns.contains(&2).then(|| self.prefetch.take(&location));
         Ok(async move {
-            let content =
-                if columns.contains(&2) { read_content(store.as_ref(), &location, &url).await? } else { None };
+            let content = match fetch {
+                Some(fetch) => {
+                    let fetched = fetch.await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    content_or_missing(fetched, &url)?
+                }
+                None => None,
+            };
             let arrays: Vec<ArrayRef> = columns
                 .iter()
                 .map(|column| -> ArrayRef {
@@ -132,20 +146,72 @@ impl FileOpener for ImageOpener {
     }
 }
 
+/// Files fetched ahead of time at most, per partition: enough to hide object-store latency
+/// behind inference, little memory (a few images).
+const PREFETCH_FILES: usize = 16;
+
+type Fetch = JoinHandle<object_store::Result<Vec<u8>>>;
+
+/// The reads of one partition's files, started up to [`PREFETCH_FILES`] ahead of the file the
+/// stream asks for.
+struct Prefetch {
+    store: Arc<dyn ObjectStore>,
+    files: Vec<Path>,
+    position: HashMap<Path, usize>,
+    state: Mutex<PrefetchState>,
+}
+
+#[derive(Default)]
+struct PrefetchState {
+    /// Index of the first file whose read has not been started.
+    next: usize,
+    started: HashMap<usize, Fetch>,
+}
+
+impl Prefetch {
+    fn new(store: Arc<dyn ObjectStore>, files: Vec<Path>) -> Arc<Self> {
+        let position = files.iter().enumerate().map(|(i, f)| (f.clone(), i)).collect();
+        Arc::new(Self { store, files, position, state: Mutex::default() })
+    }
+
+    /// The read of `location`, started now if it was not already, with the reads of the files
+    /// after it in the partition.
+    fn take(&self, location: &Path) -> Fetch {
+        let Some(&index) = self.position.get(location) else {
+            return self.spawn(location.clone());
+        };
+        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let end = (index + PREFETCH_FILES).min(self.files.len());
+        for ahead in state.next.max(index)..end {
+            let fetch = self.spawn(self.files[ahead].clone());
+            state.started.insert(ahead, fetch);
+        }
+        state.next = state.next.max(end);
+        state.started.remove(&index).unwrap_or_else(|| self.spawn(location.clone()))
+    }
+
+    fn spawn(&self, location: Path) -> Fetch {
+        let store = Arc::clone(&self.store);
+        tokio::spawn(async move { Ok(store.get(&location).await?.bytes().await?.to_vec()) })
+    }
+}
+
+impl Drop for Prefetch {
+    /// A cancelled or failed task leaves reads nobody will wait for.
+    fn drop(&mut self) {
+        let state = self.state.get_mut().unwrap_or_else(|poisoned| poisoned.into_inner());
+        for fetch in state.started.values() {
+            fetch.abort();
+        }
+    }
+}
+
 /// The file's bytes; `None` if it was deleted since listing, which leaves a row with NULL
 /// content (reported by `featurize`) instead of failing a job over one missing file. Other
 /// errors are I/O errors, which Ballista retries.
-async fn read_content(
-    store: &dyn ObjectStore,
-    location: &object_store::path::Path,
-    url: &str,
-) -> Result<Option<Vec<u8>>> {
-    let fetched = match store.get(location).await {
-        Ok(result) => result.bytes().await,
-        Err(e) => Err(e),
-    };
+fn content_or_missing(fetched: object_store::Result<Vec<u8>>, url: &str) -> Result<Option<Vec<u8>>> {
     match fetched {
-        Ok(bytes) => Ok(Some(bytes.to_vec())),
+        Ok(bytes) => Ok(Some(bytes)),
         Err(object_store::Error::NotFound { .. }) => {
             log::warn!("{url} disappeared after listing; its row has no content");
             Ok(None)

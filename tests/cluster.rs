@@ -1,0 +1,220 @@
+//! The job on a real loopback cluster: Garage as S3, `fruits-scheduler`, two
+//! `fruits-executor`s and the `fruits` client, all separate processes.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use fruits_tests::cluster::{Cluster, ClusterOptions};
+use fruits_tests::garage::Garage;
+use fruits_tests::*;
+
+/// Garage with the sample uploaded under `Test/<Class>/...`, and a cluster using it; also
+/// returns the number of images uploaded.
+fn cluster_over_sample(executors: usize) -> (Garage, Cluster, usize) {
+    let garage = Garage::start();
+    garage.upload_dir(&sample_dir(), garage.bucket(), "Test");
+    let images = garage.list(garage.bucket(), "Test").iter().filter(|(key, _)| key.ends_with(".jpg")).count();
+    assert_eq!(images, SAMPLE_COUNTS.iter().map(|(_, n)| n).sum::<usize>());
+    let cluster = Cluster::start(ClusterOptions { executors, vcores: 1, env: garage.env() });
+    (garage, cluster, images)
+}
+
+/// `fruits` with the cluster's S3 settings and credentials (and no others).
+fn client(garage: &Garage, args: &[&str]) -> Command {
+    let mut command = Command::new(binary("fruits"));
+    garage.configure(&mut command).args(args).stdin(Stdio::null());
+    command
+}
+
+fn run_on(garage: &Garage, cluster: &Cluster, input: &str, output: &str) -> Output {
+    let scheduler = cluster.scheduler_url();
+    client(garage, &["run", "--scheduler", &scheduler, "--input", input, "--output", output])
+        .output()
+        .expect("cannot start fruits")
+}
+
+/// `Label/file.jpg`: a path without its store prefix, to compare runs over different stores.
+fn relative(path: &str) -> String {
+    let mut parts = path.rsplit('/');
+    let file = parts.next().unwrap_or_default();
+    let label = parts.next().unwrap_or_default();
+    format!("{label}/{file}")
+}
+
+/// The committed features under `s3://<bucket>/<prefix>/features/`.
+fn read_committed_s3(garage: &Garage, prefix: &str) -> Committed {
+    let present: HashSet<String> = garage.list(garage.bucket(), prefix).into_iter().map(|(key, _)| key).collect();
+    read_committed_with(|name| {
+        let key = format!("{prefix}/features/{name}");
+        present.contains(&key).then(|| garage.get(garage.bucket(), &key))
+    })
+}
+
+/// Panics unless every listed image is in `rows` exactly once, with its folder as label.
+fn assert_each_image_once(rows: &[FeatureRow], expected: usize) {
+    let mut seen = HashMap::new();
+    for row in rows {
+        *seen.entry(relative(&row.path)).or_insert(0) += 1;
+        assert_eq!(row.path.rsplit('/').nth(1), row.label.as_deref(), "{}", row.path);
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated rows: {duplicated:?}");
+    assert_eq!(seen.len(), expected);
+    let mut per_label = BTreeMap::new();
+    for row in rows {
+        *per_label.entry(row.label.clone().unwrap_or_default()).or_insert(0) += 1;
+    }
+    let sample: BTreeMap<String, usize> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n)).collect();
+    assert_eq!(per_label, sample);
+}
+
+#[test]
+fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
+    let (garage, cluster, images) = cluster_over_sample(2);
+    let bucket = garage.bucket().to_owned();
+    let output = run_on(&garage, &cluster, &format!("s3://{bucket}/Test"), &format!("s3://{bucket}/out"));
+    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stderr), cluster.logs());
+
+    let Committed { manifest, rows } = read_committed_s3(&garage, "out");
+    assert_eq!(manifest.rows as usize, images);
+    assert_eq!(manifest.failed, 0);
+    assert_each_image_once(&rows, images);
+    assert!(rows.iter().all(|r| r.path.starts_with(&format!("s3://{bucket}/Test/"))), "{:?}", rows[0].path);
+
+    let writers: HashSet<&str> = manifest.files.iter().map(|f| f.written_by.as_str()).collect();
+    assert_eq!(writers.len(), 2, "both executors write files: {writers:?}");
+
+    let summary = parse_summary(&garage.get(&bucket, "out/summary.json"));
+    assert_eq!((summary.rows_in, summary.featurized), (images as u64, images as u64));
+    let sample_bytes: u64 = garage.list(&bucket, "Test").iter().map(|(_, size)| size).sum();
+    let client_read = summary.client_bytes_read.expect("measured on Linux");
+    assert!(
+        client_read < sample_bytes / 20,
+        "the client read {client_read} bytes for {sample_bytes} bytes of images: image data passed through it"
+    );
+
+    // Ad-hoc SQL runs on the cluster too.
+    let scheduler = cluster.scheduler_url();
+    let input = format!("s3://{bucket}/Test");
+    let query = "SELECT label, count(*) AS n FROM images GROUP BY label ORDER BY label";
+    let sql =
+        client(&garage, &["sql", "--scheduler", &scheduler, "--input", &input, query]).output().expect("fruits sql");
+    assert_success(&sql);
+    let printed = String::from_utf8_lossy(&sql.stdout);
+    for (label, n) in SAMPLE_COUNTS {
+        assert!(printed.lines().any(|l| l.contains(label) && l.contains(&format!(" {n} "))), "{label}:\n{printed}");
+    }
+
+    // The same images on the embedded engine give the same features.
+    let local = tempfile::tempdir().expect("temp dir");
+    let (sample, out, model) =
+        (sample_dir().display().to_string(), local.path().display().to_string(), model_path().display().to_string());
+    assert_success(&fruits(&["run", "--input", &sample, "--output", &out, "--model", &model, "--quiet"]));
+    let embedded: HashMap<String, Vec<f32>> = read_committed(&local.path().join("features"))
+        .rows
+        .into_iter()
+        .map(|r| (relative(&r.path), r.features.expect("features")))
+        .collect();
+    let mut worst = 0f32;
+    for row in &rows {
+        let expected = &embedded[&relative(&row.path)];
+        let got = row.features.as_ref().expect("features");
+        worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
+    }
+    assert!(worst <= 1e-5, "largest difference from the embedded run: {worst}");
+}
+
+#[test]
+fn a_killed_executor_loses_and_duplicates_nothing() {
+    let (garage, mut cluster, images) = cluster_over_sample(2);
+    let bucket = garage.bucket().to_owned();
+    let scheduler = cluster.scheduler_url();
+    let (input, output) = (format!("s3://{bucket}/Test"), format!("s3://{bucket}/out"));
+    let mut job = client(&garage, &["run", "--scheduler", &scheduler, "--input", &input, "--output", &output])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("cannot start fruits");
+
+    // Kill an executor as soon as the first task has committed its file: mid-job, with work
+    // done, work running and work waiting.
+    let started = Instant::now();
+    while !garage.list(&bucket, "out/features").iter().any(|(key, _)| key.ends_with(".parquet")) {
+        assert!(started.elapsed() < Duration::from_secs(180), "no task finished\n{}", cluster.logs());
+        assert!(job.try_wait().expect("job status").is_none(), "the job ended before any file was written");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cluster.executors[0].kill();
+
+    let result = job.wait_with_output().expect("job output");
+    assert!(
+        result.status.success(),
+        "the job did not survive a lost executor:\n{}\n{}",
+        String::from_utf8_lossy(&result.stderr),
+        cluster.logs()
+    );
+    let Committed { manifest, rows } = read_committed_s3(&garage, "out");
+    assert_each_image_once(&rows, images);
+
+    // Files of attempts that were lost with the executor are gone; only the commit is left.
+    let mut left: Vec<String> = garage
+        .list(&bucket, "out/features")
+        .into_iter()
+        .map(|(key, _)| key.trim_start_matches("out/features/").to_owned())
+        .collect();
+    let mut expected: Vec<String> = manifest.files.iter().map(|f| f.file.clone()).collect();
+    expected.push("_SUCCESS".to_owned());
+    left.sort();
+    expected.sort();
+    assert_eq!(left, expected);
+}
+
+#[test]
+fn cluster_errors_are_clear_and_commit_nothing() {
+    let mut garage = Garage::start();
+    let bucket = garage.bucket().to_owned();
+    let images = tempfile::tempdir().expect("temp dir");
+    let pear = images.path().join("Pear");
+    std::fs::create_dir_all(&pear).expect("mkdir");
+    std::fs::copy(sample_dir().join("Pear/0_100.jpg"), pear.join("0_100.jpg")).expect("copy");
+    garage.upload_dir(images.path(), &bucket, "Test");
+    let cluster = Cluster::start(ClusterOptions { executors: 1, vcores: 1, env: garage.env() });
+    let input = format!("s3://{bucket}/Test");
+
+    let dead = format!("df://127.0.0.1:{}", free_port());
+    let output = format!("s3://{bucket}/out");
+    let cases: [(&str, String, String, String); 3] = [
+        ("wrong scheduler", dead.clone(), input.clone(), format!("cannot reach the fruits scheduler at {dead}")),
+        (
+            "missing input bucket",
+            cluster.scheduler_url(),
+            "s3://no-such-bucket/Test".into(),
+            "cannot list the images under s3://no-such-bucket/Test".into(),
+        ),
+        (
+            "missing output bucket",
+            cluster.scheduler_url(),
+            input.clone(),
+            "cannot write in s3://no-such-output/out/features/".into(),
+        ),
+    ];
+    for (case, scheduler, input, expected) in cases {
+        let output =
+            if case == "missing output bucket" { "s3://no-such-output/out".to_owned() } else { output.clone() };
+        let result = client(&garage, &["run", "--scheduler", &scheduler, "--input", &input, "--output", &output])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&result.stderr);
+        assert_eq!(result.status.code(), Some(1), "{case}: {stderr}");
+        assert!(stderr.contains(&expected), "{case}: expected {expected:?} in\n{stderr}");
+    }
+    assert!(garage.list(&bucket, "out").is_empty(), "nothing is written when the job cannot run");
+
+    // S3 goes away: every process gets connection errors.
+    garage.kill();
+    let result = run_on(&garage, &cluster, &input, &output);
+    let stderr = String::from_utf8_lossy(&result.stderr);
+    assert_eq!(result.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("cannot list the images under {input}")), "{stderr}");
+}

@@ -1,0 +1,198 @@
+//! The physical write: each partition becomes one Parquet file in the output store.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::common::{exec_datafusion_err, internal_err};
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::{SendableRecordBatchStream, TaskContext};
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
+use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
+use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
+use datafusion::physical_plan::{
+    ChildrenPropertiesMode, DisplayAs, DisplayFormatType, ExecutionPlan, ExecutionPlanProperties, PlanProperties,
+    ReplaceChildrenOptions,
+};
+use futures::StreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+
+use super::{features_schema, write_report_schema};
+
+/// Rows per row group (about 5 MB of features): readers can skip and parallelise.
+const ROWS_PER_GROUP: usize = 1024;
+/// Multipart chunk size of the upload: S3 needs at least 5 MiB per part.
+const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
+
+/// Writes each input partition (`path`, `label`, `result{features, error}`) to
+/// `<output>/part-<run>-<attempt>.parquet` and reports `(file, rows, failed, written_by,
+/// first_path)` once the file is complete.
+///
+/// Files are not named after the partition: Ballista hands every task a plan cut down to its
+/// own partition, which it executes as partition 0.
+#[derive(Debug)]
+pub struct FeaturesSinkExec {
+    input: Arc<dyn ExecutionPlan>,
+    output: String,
+    run_id: String,
+    properties: Arc<PlanProperties>,
+}
+
+impl FeaturesSinkExec {
+    pub fn try_new(input: Arc<dyn ExecutionPlan>, output: &str, run_id: &str) -> Result<Self> {
+        ListingTableUrl::parse(output)?;
+        let properties = PlanProperties::new(
+            EquivalenceProperties::new(write_report_schema()),
+            input.output_partitioning().clone(),
+            EmissionType::Final,
+            Boundedness::Bounded,
+        );
+        Ok(Self { input, output: output.to_owned(), run_id: run_id.to_owned(), properties: Arc::new(properties) })
+    }
+
+    pub fn output(&self) -> &str {
+        &self.output
+    }
+
+    pub fn run_id(&self) -> &str {
+        &self.run_id
+    }
+}
+
+impl DisplayAs for FeaturesSinkExec {
+    fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
+        write!(f, "FeaturesSinkExec: output={} run={}", self.output, self.run_id)
+    }
+}
+
+impl ExecutionPlan for FeaturesSinkExec {
+    fn name(&self) -> &'static str {
+        "FeaturesSinkExec"
+    }
+
+    fn properties(&self) -> &Arc<PlanProperties> {
+        &self.properties
+    }
+
+    fn children(&self) -> Vec<&Arc<dyn ExecutionPlan>> {
+        vec![&self.input]
+    }
+
+    fn apply_expressions(
+        &self,
+        _f: &mut dyn FnMut(&Arc<dyn PhysicalExpr>) -> Result<TreeNodeRecursion>,
+    ) -> Result<TreeNodeRecursion> {
+        Ok(TreeNodeRecursion::Continue)
+    }
+
+    fn benefits_from_input_partitioning(&self) -> Vec<bool> {
+        // One file per input partition: more partitions would only mean more, smaller files.
+        vec![false]
+    }
+
+    fn replace_children(
+        self: Arc<Self>,
+        children: Vec<Arc<dyn ExecutionPlan>>,
+        _options: ReplaceChildrenOptions,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        let [input] = <[_; 1]>::try_from(children)
+            .map_err(|_| DataFusionError::Internal("FeaturesSinkExec takes exactly one input".into()))?;
+        Ok(Arc::new(Self::try_new(input, &self.output, &self.run_id)?))
+    }
+
+    fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
+        self.replace_children(children, ReplaceChildrenOptions::new(ChildrenPropertiesMode::Recompute))
+    }
+
+    fn execute(&self, partition: usize, context: Arc<TaskContext>) -> Result<SendableRecordBatchStream> {
+        if partition >= self.input.output_partitioning().partition_count() {
+            return internal_err!("FeaturesSinkExec has no partition {partition}");
+        }
+        let input = self.input.execute(partition, Arc::clone(&context))?;
+        let url = ListingTableUrl::parse(&self.output)?;
+        let store = context.runtime_env().object_store(url.object_store())?;
+        let name = format!("part-{}-{}.parquet", self.run_id, attempt_id());
+        let path = url.prefix().clone().join(name);
+        let write = async move {
+            let report = write_partition(input, store, path).await?;
+            Ok(report)
+        };
+        Ok(Box::pin(RecordBatchStreamAdapter::new(write_report_schema(), futures::stream::once(write))))
+    }
+}
+
+async fn write_partition(
+    mut input: SendableRecordBatchStream,
+    store: Arc<dyn object_store::ObjectStore>,
+    path: Path,
+) -> Result<RecordBatch> {
+    let properties = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
+        .build();
+    let upload = BufWriter::with_capacity(store, path.clone(), UPLOAD_BUFFER);
+    let mut writer = AsyncArrowWriter::try_new(upload, features_schema(), Some(properties))?;
+    let (mut rows, mut failed, mut first_path) = (0u64, 0u64, None);
+    while let Some(batch) = input.next().await {
+        let batch = flatten(&batch?)?;
+        if first_path.is_none() && batch.num_rows() > 0 {
+            let paths =
+                batch.column(0).as_string_opt::<i32>().ok_or_else(|| exec_datafusion_err!("path is not Utf8"))?;
+            first_path = Some(paths.value(0).to_owned());
+        }
+        rows += batch.num_rows() as u64;
+        failed += (batch.num_rows() - batch.column(3).null_count()) as u64;
+        writer.write(&batch).await?;
+    }
+    // An attempt that fails before this point never completes its upload, so it leaves no
+    // object behind (or, on a local disk, a file that the commit's clean-up removes).
+    writer.close().await.map_err(|e| exec_datafusion_err!("cannot write {path}: {e}"))?;
+    let report = RecordBatch::try_new(
+        write_report_schema(),
+        vec![
+            Arc::new(StringArray::from(vec![path.filename().unwrap_or_default().to_owned()])),
+            Arc::new(UInt64Array::from(vec![rows])),
+            Arc::new(UInt64Array::from(vec![failed])),
+            Arc::new(StringArray::from(vec![process_name().to_owned()])),
+            Arc::new(StringArray::from(vec![first_path])),
+        ],
+    )?;
+    Ok(report)
+}
+
+/// `(path, label, result{features, error})` to the columns of the features files.
+fn flatten(batch: &RecordBatch) -> Result<RecordBatch> {
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the features write lost its {name} column"))
+    };
+    let result = column("result")?.as_struct_opt().ok_or_else(|| exec_datafusion_err!("result is not a struct"))?;
+    let columns: Vec<ArrayRef> = vec![
+        Arc::clone(column("path")?),
+        Arc::clone(column("label")?),
+        Arc::clone(result.column(0)),
+        Arc::clone(result.column(1)),
+    ];
+    Ok(RecordBatch::try_new(features_schema(), columns)?)
+}
+
+/// Tells the files of one run apart, attempts of the same task included.
+fn attempt_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
+}
+
+/// `host:pid` of this process, recorded with each file: which executor wrote what.
+fn process_name() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_else(|_| "localhost".to_owned());
+        format!("{host}:{}", std::process::id())
+    })
+}

@@ -1,0 +1,271 @@
+//! The commit: the `_SUCCESS` manifest of a features folder, the only thing readers trust.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
+use datafusion::arrow::datatypes::UInt64Type;
+use datafusion::common::exec_datafusion_err;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::{DataFusionError, Result};
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::TryStreamExt;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
+use serde::{Deserialize, Serialize};
+
+use super::write_report_schema;
+
+/// Name of the manifest inside the features folder.
+pub const MANIFEST_FILE: &str = "_SUCCESS";
+/// Written into every manifest, so a reader can refuse a layout it does not know.
+pub const MANIFEST_FORMAT: &str = "fruits-features/1";
+
+/// The committed result of a run: every file of it, with its row counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: String,
+    pub run_id: String,
+    /// Rows in all files: one per listed image.
+    pub rows: u64,
+    /// Rows whose features are NULL (the image could not be featurized; `error` says why).
+    pub failed: u64,
+    pub files: Vec<CommittedFile>,
+}
+
+/// One Parquet file of a committed run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedFile {
+    /// File name, relative to the features folder.
+    pub file: String,
+    pub rows: u64,
+    pub failed: u64,
+    /// `host:pid` of the process that wrote it.
+    pub written_by: String,
+    /// Path of its first image (files hold disjoint runs of the listing), `None` if empty.
+    pub first_path: Option<String>,
+}
+
+impl Manifest {
+    /// The manifest of run `run_id` from the report rows its write tasks returned.
+    pub fn from_reports(run_id: &str, reports: &[RecordBatch]) -> Result<Self> {
+        let mut files = Vec::new();
+        for batch in reports {
+            if batch.schema().fields() != write_report_schema().fields() {
+                return Err(exec_datafusion_err!("unexpected write report columns: {}", batch.schema()));
+            }
+            let names = batch.column(0).as_string::<i32>();
+            let rows = batch.column(1).as_primitive::<UInt64Type>();
+            let failed = batch.column(2).as_primitive::<UInt64Type>();
+            let writers = batch.column(3).as_string::<i32>();
+            let first_paths = batch.column(4).as_string::<i32>();
+            for row in 0..batch.num_rows() {
+                files.push(CommittedFile {
+                    file: names.value(row).to_owned(),
+                    rows: rows.value(row),
+                    failed: failed.value(row),
+                    written_by: writers.value(row).to_owned(),
+                    first_path: first_paths.is_valid(row).then(|| first_paths.value(row).to_owned()),
+                });
+            }
+        }
+        // Listing order: the files read in sequence give the images in listing order.
+        files.sort_by(|a, b| (&a.first_path, &a.file).cmp(&(&b.first_path, &b.file)));
+        let mut starts = HashSet::new();
+        for start in files.iter().filter_map(|f| f.first_path.as_deref()) {
+            // Two attempts of one task in the result would mean its rows counted twice.
+            if !starts.insert(start) {
+                return Err(exec_datafusion_err!("the job returned two files starting at {start}"));
+            }
+        }
+        Ok(Self {
+            format: MANIFEST_FORMAT.to_owned(),
+            run_id: run_id.to_owned(),
+            rows: files.iter().map(|f| f.rows).sum(),
+            failed: files.iter().map(|f| f.failed).sum(),
+            files,
+        })
+    }
+}
+
+/// A features folder (`OUTPUT/features/`) in a local or remote store.
+#[derive(Debug, Clone)]
+pub struct FeaturesDir {
+    url: ListingTableUrl,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl FeaturesDir {
+    /// `url` is the folder's URL, e.g. `s3://bucket/out/features/`; the store comes from
+    /// `runtime`'s registry.
+    pub fn open(runtime: &RuntimeEnv, url: &str) -> Result<Self> {
+        let url = ListingTableUrl::parse(url)?;
+        let store = runtime.object_store(url.object_store())?;
+        Ok(Self { url, store })
+    }
+
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The URL of a file in the folder.
+    pub fn file_url(&self, file: &str) -> String {
+        format!("{}/{file}", self.url.as_str().trim_end_matches('/'))
+    }
+
+    fn path(&self, file: &str) -> Path {
+        self.url.prefix().clone().join(file)
+    }
+
+    /// Starts a run: checks that the folder can be written (so a wrong bucket or missing
+    /// permission fails here, not in every task), then withdraws the previous manifest, so that
+    /// if this run fails, no reader takes the folder for a finished result.
+    pub async fn begin(&self) -> Result<()> {
+        let probe = self.path("_write_check");
+        self.store.put(&probe, PutPayload::from_static(b"fruits")).await.map_err(|e| self.error("cannot write", e))?;
+        self.store.delete(&probe).await.map_err(|e| self.error("cannot delete", e))?;
+        match self.store.delete(&self.path(MANIFEST_FILE)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.error("cannot remove the previous manifest", e)),
+        }
+    }
+
+    /// Publishes `manifest`, then deletes every other file of the folder (earlier runs, failed
+    /// attempts). Returns how many were deleted.
+    pub async fn commit(&self, manifest: &Manifest) -> Result<usize> {
+        let json = serde_json::to_vec_pretty(manifest).map_err(|e| DataFusionError::External(Box::new(e)))?;
+        self.store
+            .put(&self.path(MANIFEST_FILE), PutPayload::from(json))
+            .await
+            .map_err(|e| self.error("cannot write the manifest", e))?;
+
+        let keep: HashSet<&str> =
+            manifest.files.iter().map(|f| f.file.as_str()).chain(std::iter::once(MANIFEST_FILE)).collect();
+        let stale: Vec<Path> = self
+            .list()
+            .await?
+            .into_iter()
+            .filter(|path| !path.filename().is_some_and(|name| keep.contains(name)) || self.is_nested(path))
+            .collect();
+        for path in &stale {
+            match self.store.delete(path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(self.error(&format!("cannot delete stale file {path}"), e)),
+            }
+        }
+        Ok(stale.len())
+    }
+
+    /// The committed manifest, or `None` if the folder holds no finished run.
+    pub async fn manifest(&self) -> Result<Option<Manifest>> {
+        let bytes = match self.store.get(&self.path(MANIFEST_FILE)).await {
+            Ok(result) => result.bytes().await.map_err(|e| self.error("cannot read the manifest", e))?,
+            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(self.error("cannot read the manifest", e)),
+        };
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| exec_datafusion_err!("{}{MANIFEST_FILE} is not a fruits manifest: {e}", self.url))?;
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(exec_datafusion_err!(
+                "{}{MANIFEST_FILE} has format {}, this fruits reads {MANIFEST_FORMAT}",
+                self.url,
+                manifest.format
+            ));
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Every object under the folder.
+    async fn list(&self) -> Result<Vec<Path>> {
+        let prefix = self.url.prefix();
+        match self.store.list(Some(prefix)).map_ok(|meta| meta.location).try_collect().await {
+            Ok(paths) => Ok(paths),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(self.error("cannot list", e)),
+        }
+    }
+
+    /// True for objects in sub-folders, which a run never writes.
+    fn is_nested(&self, path: &Path) -> bool {
+        path.prefix_match(self.url.prefix()).is_some_and(|mut rest| rest.nth(1).is_some())
+    }
+
+    fn error(&self, what: &str, e: object_store::Error) -> DataFusionError {
+        exec_datafusion_err!("{what} in {}: {e}", self.url)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use datafusion::arrow::array::{StringArray, UInt64Array};
+
+    use super::*;
+
+    /// Report rows `(file, rows, failed, first path)`.
+    fn report(files: &[(&str, u64, u64, &str)]) -> RecordBatch {
+        RecordBatch::try_new(
+            write_report_schema(),
+            vec![
+                Arc::new(StringArray::from_iter_values(files.iter().map(|f| f.0))),
+                Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.1))),
+                Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.2))),
+                Arc::new(StringArray::from_iter_values(files.iter().map(|_| "host:1"))),
+                Arc::new(StringArray::from_iter(files.iter().map(|f| (!f.3.is_empty()).then_some(f.3)))),
+            ],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn manifest_sums_the_reports_in_listing_order() {
+        let reports = [
+            report(&[("part-r-b.parquet", 5, 1, "s3://b/Pear/1.jpg")]),
+            report(&[("part-r-a.parquet", 3, 0, "s3://b/Apple/1.jpg")]),
+        ];
+        let manifest = Manifest::from_reports("r", &reports).unwrap();
+        assert_eq!((manifest.rows, manifest.failed), (8, 1));
+        assert_eq!(manifest.files[0].file, "part-r-a.parquet");
+    }
+
+    #[test]
+    fn two_attempts_of_one_task_are_refused() {
+        let reports = [report(&[
+            ("part-r-a.parquet", 5, 0, "s3://b/Pear/1.jpg"),
+            ("part-r-b.parquet", 5, 0, "s3://b/Pear/1.jpg"),
+        ])];
+        let err = Manifest::from_reports("r", &reports).unwrap_err();
+        assert!(err.to_string().contains("two files starting at s3://b/Pear/1.jpg"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn commit_keeps_only_the_manifest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let features = dir.path().join("features");
+        std::fs::create_dir_all(features.join("nested")).unwrap();
+        for name in ["part-old-x.parquet", "part-new-a.parquet", "part-new-b.parquet", "nested/x"] {
+            std::fs::write(features.join(name), b"x").unwrap();
+        }
+        let runtime = RuntimeEnv::default();
+        let url = format!("file://{}/", features.display());
+        let folder = FeaturesDir::open(&runtime, &url).unwrap();
+        assert_eq!(folder.manifest().await.unwrap(), None);
+
+        let manifest =
+            Manifest::from_reports("new", &[report(&[("part-new-a.parquet", 1, 0, "file:///a/b.jpg")])]).unwrap();
+        folder.begin().await.unwrap();
+        assert_eq!(folder.commit(&manifest).await.unwrap(), 3);
+        let mut left: Vec<_> = std::fs::read_dir(&features)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|name| features.join(name).is_file())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["_SUCCESS", "part-new-a.parquet"]);
+        assert_eq!(folder.manifest().await.unwrap(), Some(manifest));
+
+        folder.begin().await.unwrap();
+        assert_eq!(folder.manifest().await.unwrap(), None);
+    }
+}

@@ -1,0 +1,102 @@
+//! The distributed, committed write of features.
+//!
+//! `COPY` and `write_parquet` in Ballista 55 funnel every row through one task behind a
+//! coalesce. Here each task writes the Parquet file of its own partition straight to the output
+//! store, so executors write in parallel and no image or feature byte passes through the
+//! client. The job's result is one small row per written file; the client turns those rows
+//! into the `_SUCCESS` manifest only when the job succeeded.
+//!
+//! Every attempt of a task writes under its own name (`part-<run>-<attempt>.parquet`), so a
+//! task retried after a lost executor never overwrites or appends to another attempt's file:
+//! the manifest lists exactly the attempts whose results the job kept, and readers trust only
+//! the manifest. Files of failed attempts and of earlier runs are deleted after the commit.
+
+mod exec;
+mod manifest;
+mod node;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::catalog::Session;
+use datafusion::common::plan_err;
+use datafusion::error::Result;
+use datafusion::execution::context::QueryPlanner;
+use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
+use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::physical_plan::ExecutionPlan;
+use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
+
+pub use exec::FeaturesSinkExec;
+pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest};
+pub use node::WriteFeatures;
+
+use crate::udf::features_type;
+
+/// Columns of the features Parquet files: one row per listed image; `features` is NULL and
+/// `error` says why when the image could not be featurized.
+pub fn features_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("path", DataType::Utf8, false),
+        Field::new("label", DataType::Utf8, true),
+        Field::new("features", features_type(), true),
+        Field::new("error", DataType::Utf8, true),
+    ]))
+}
+
+/// What a write task returns: one row per file it wrote.
+pub fn write_report_schema() -> SchemaRef {
+    Arc::new(Schema::new(vec![
+        Field::new("file", DataType::Utf8, false),
+        Field::new("rows", DataType::UInt64, false),
+        Field::new("failed", DataType::UInt64, false),
+        Field::new("written_by", DataType::Utf8, false),
+        Field::new("first_path", DataType::Utf8, true),
+    ]))
+}
+
+/// The physical planner of every fruits session: DataFusion's, plus the features write.
+///
+/// In a cluster it runs on the scheduler (the client only sends the logical plan), so the
+/// scheduler's sessions must be built with it.
+#[derive(Debug, Default)]
+pub struct FruitsQueryPlanner;
+
+#[async_trait]
+impl QueryPlanner for FruitsQueryPlanner {
+    async fn create_physical_plan(
+        &self,
+        logical_plan: &LogicalPlan,
+        session: &dyn Session,
+    ) -> Result<Arc<dyn ExecutionPlan>> {
+        DefaultPhysicalPlanner::with_extension_planners(vec![Arc::new(WriteFeaturesPlanner)])
+            .create_physical_plan(logical_plan, session)
+            .await
+    }
+}
+
+/// Turns a [`WriteFeatures`] node into a [`FeaturesSinkExec`].
+#[derive(Debug)]
+struct WriteFeaturesPlanner;
+
+#[async_trait]
+impl ExtensionPlanner for WriteFeaturesPlanner {
+    async fn plan_extension(
+        &self,
+        _planner: &dyn PhysicalPlanner,
+        node: &dyn UserDefinedLogicalNode,
+        _logical_inputs: &[&LogicalPlan],
+        physical_inputs: &[Arc<dyn ExecutionPlan>],
+        _session: &dyn Session,
+        _planning_ctx: &PhysicalPlanningContext,
+    ) -> Result<Option<Arc<dyn ExecutionPlan>>> {
+        let Some(write) = node.as_any().downcast_ref::<WriteFeatures>() else {
+            return Ok(None);
+        };
+        let [input] = physical_inputs else {
+            return plan_err!("{} takes exactly one input", write.name());
+        };
+        Ok(Some(Arc::new(FeaturesSinkExec::try_new(Arc::clone(input), write.output(), write.run_id())?)))
+    }
+}
