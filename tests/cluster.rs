@@ -34,14 +34,6 @@ fn run_on(garage: &Garage, cluster: &Cluster, input: &str, output: &str) -> Outp
         .expect("cannot start fruits")
 }
 
-/// `Label/file.jpg`: a path without its store prefix, to compare runs over different stores.
-fn relative(path: &str) -> String {
-    let mut parts = path.rsplit('/');
-    let file = parts.next().unwrap_or_default();
-    let label = parts.next().unwrap_or_default();
-    format!("{label}/{file}")
-}
-
 /// The committed features under `s3://<bucket>/<prefix>/features/`.
 fn read_committed_s3(garage: &Garage, prefix: &str) -> Committed {
     let present: HashSet<String> = garage.list(garage.bucket(), prefix).into_iter().map(|(key, _)| key).collect();
@@ -55,7 +47,7 @@ fn read_committed_s3(garage: &Garage, prefix: &str) -> Committed {
 fn assert_each_image_once(rows: &[FeatureRow], expected: usize) {
     let mut seen = HashMap::new();
     for row in rows {
-        *seen.entry(relative(&row.path)).or_insert(0) += 1;
+        *seen.entry(label_and_file(&row.path)).or_insert(0) += 1;
         assert_eq!(row.path.rsplit('/').nth(1), row.label.as_deref(), "{}", row.path);
     }
     let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
@@ -114,11 +106,11 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     let embedded: HashMap<String, Vec<f32>> = read_committed(&local.path().join("features"))
         .rows
         .into_iter()
-        .map(|r| (relative(&r.path), r.features.expect("features")))
+        .map(|r| (label_and_file(&r.path), r.features.expect("features")))
         .collect();
     let mut worst = 0f32;
     for row in &rows {
-        let expected = &embedded[&relative(&row.path)];
+        let expected = &embedded[&label_and_file(&row.path)];
         let got = row.features.as_ref().expect("features");
         worst = got.iter().zip(expected).map(|(a, b)| (a - b).abs()).fold(worst, f32::max);
     }

@@ -167,6 +167,15 @@ pub fn read_committed(dir: &Path) -> Committed {
     read_committed_with(|name| std::fs::read(dir.join(name)).ok().map(Bytes::from))
 }
 
+/// `Label/file.jpg`: an image path without its store and folder prefix, to compare runs over
+/// different stores.
+pub fn label_and_file(path: &str) -> String {
+    let mut parts = path.rsplit('/');
+    let file = parts.next().unwrap_or_default();
+    let label = parts.next().unwrap_or_default();
+    format!("{label}/{file}")
+}
+
 pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "vector lengths");
     let dot: f64 = a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
