@@ -31,6 +31,32 @@ pub enum Command {
     Bench(BenchArgs),
     /// Copy the images under a local folder to an object-store prefix, keeping the folders.
     Upload(UploadArgs),
+    /// Run the PCA stage alone on committed features; writes next to them.
+    Pca(PcaCommandArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PcaArgs {
+    /// Principal components to compute.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub pca_k: u64,
+
+    /// Also write features.csv (path, label, one column per feature).
+    #[arg(long)]
+    pub csv: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PcaCommandArgs {
+    /// The features folder of a run (OUTPUT/features, local or s3://); outputs go to OUTPUT.
+    #[arg(long)]
+    pub features: String,
+
+    #[command(flatten)]
+    pub pca: PcaArgs,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +88,13 @@ pub struct RunArgs {
 
     #[command(flatten)]
     pub model: ModelArgs,
+
+    /// Skip the PCA stage.
+    #[arg(long)]
+    pub no_pca: bool,
+
+    #[command(flatten)]
+    pub pca: PcaArgs,
 }
 
 #[derive(Debug, Args)]

@@ -90,6 +90,7 @@ pub async fn run(engine: &Engine, input: &str, output: &str, quiet: bool) -> Res
         seconds,
         images_per_second: total as f64 / seconds,
         client_bytes_read: bytes_read().zip(read_before).map(|(after, before)| after.saturating_sub(before)),
+        pca: None,
     };
     output.put(SUMMARY_FILE, to_json(&summary)?).await?;
     Ok(summary)

@@ -46,13 +46,38 @@ impl OutputDir {
         Ok(Self { url, store })
     }
 
+    /// The folder that holds the features folder `features` (`OUT/features` -> `OUT`).
+    pub fn parent_of(features: &str, runtime: &RuntimeEnv) -> Result<Self> {
+        let trimmed = features.trim_end_matches('/');
+        let parent = match trimmed.rsplit_once('/') {
+            Some((parent, _)) if !parent.is_empty() && !parent.ends_with(':') && !parent.ends_with("//") => parent,
+            _ => ".",
+        };
+        Self::resolve(parent, runtime)
+    }
+
+    /// Reads `name`, `None` if it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Vec<u8>>> {
+        let path = self.path(name);
+        match self.store.get(&path).await {
+            Ok(result) => Ok(Some(result.bytes().await?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("cannot read {}", self.child_url(name))),
+        }
+    }
+
+    /// `name` (which may contain `/`) inside the folder.
+    fn path(&self, name: &str) -> object_store::path::Path {
+        name.split('/').filter(|part| !part.is_empty()).fold(self.url.prefix().clone(), |path, part| path.join(part))
+    }
+
     /// The URL of `name` inside the folder; a name ending in `/` is a sub-folder.
     pub fn child_url(&self, name: &str) -> String {
         format!("{}{name}", self.url.as_str())
     }
 
     pub async fn put(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
-        let path = self.url.prefix().clone().join(name);
+        let path = self.path(name);
         self.store
             .put(&path, PutPayload::from(bytes))
             .await
@@ -62,7 +87,7 @@ impl OutputDir {
 
     /// Removes `name` if it exists.
     pub async fn delete(&self, name: &str) -> Result<()> {
-        let path = self.url.prefix().clone().join(name);
+        let path = self.path(name);
         match self.store.delete(&path).await {
             Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("cannot delete {}", self.child_url(name))),
@@ -171,6 +196,8 @@ pub struct Summary {
     /// images go from the store to the executors and only small reports come back, so this
     /// stays far below the size of the images.
     pub client_bytes_read: Option<u64>,
+    /// The PCA stage, unless `--no-pca`.
+    pub pca: Option<crate::pca::PcaSummary>,
 }
 
 /// `value` as pretty JSON with a final newline.
