@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
-use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Int64Type};
 use datafusion::dataframe::DataFrame;
@@ -128,6 +128,18 @@ fn track_progress(engine: &Engine, bar: &ProgressBar) -> tokio::task::JoinHandle
     })
 }
 
+/// Committed features files as a frame of a local DataFusion session on `ctx`'s stores: the
+/// client reads them back (failures, PCA) without a round trip through the cluster.
+pub async fn read_committed(ctx: &SessionContext, files: Vec<String>) -> Result<DataFrame> {
+    let local = SessionContext::new_with_config_rt(SessionConfig::new(), ctx.runtime_env());
+    Ok(local.read_parquet(files, ParquetReadOptions::default()).await?)
+}
+
+/// Column `i` of `batch` as Utf8: Parquet strings may come back as string views.
+pub fn utf8_column(batch: &RecordBatch, i: usize) -> Result<ArrayRef> {
+    Ok(cast(batch.column(i), &DataType::Utf8)?)
+}
+
 /// The images that could not be featurized, read back from the committed files that have any.
 async fn read_failures(features: &FeaturesDir, manifest: &Manifest, ctx: &SessionContext) -> Result<Vec<FailedImage>> {
     let files: Vec<String> =
@@ -135,10 +147,7 @@ async fn read_failures(features: &FeaturesDir, manifest: &Manifest, ctx: &Sessio
     if files.is_empty() {
         return Ok(Vec::new());
     }
-    // A local DataFusion session on the same stores: a few rows, no need for the cluster.
-    let local = SessionContext::new_with_config_rt(SessionConfig::new(), ctx.runtime_env());
-    let batches = local
-        .read_parquet(files, ParquetReadOptions::default())
+    let batches = read_committed(ctx, files)
         .await?
         .filter(col("error").is_not_null())?
         .select_columns(&["path", "label", "error"])?
@@ -148,9 +157,7 @@ async fn read_failures(features: &FeaturesDir, manifest: &Manifest, ctx: &Sessio
         .context("cannot read the failed images back from the committed files")?;
     let mut failed = Vec::new();
     for batch in &batches {
-        // Parquet strings may come back as views; one type for all three columns.
-        let utf8 = |i: usize| cast(batch.column(i), &DataType::Utf8);
-        let (paths, labels, errors) = (utf8(0)?, utf8(1)?, utf8(2)?);
+        let (paths, labels, errors) = (utf8_column(batch, 0)?, utf8_column(batch, 1)?, utf8_column(batch, 2)?);
         let (paths, labels, errors) = (paths.as_string::<i32>(), labels.as_string::<i32>(), errors.as_string::<i32>());
         for row in 0..batch.num_rows() {
             failed.push(FailedImage {

@@ -6,14 +6,14 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
-use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::prelude::{ParquetReadOptions, SessionConfig, SessionContext};
+use datafusion::prelude::SessionContext;
 use fruits_pca::{FeatureMatrix, Pca, scatter_png};
 use fruits_udfs::FeaturesDir;
 use serde::Serialize;
 
+use crate::job::{read_committed, utf8_column};
 use crate::output::OutputDir;
 
 /// Size of `pca.png`, in pixels: readable on a laptop screen and in a report.
@@ -88,9 +88,7 @@ async fn read_features(ctx: &SessionContext, features: &str) -> Result<Features>
         bail!("no committed features in {} (no _SUCCESS manifest): run `fruits run` first", folder.url());
     };
     let files: Vec<String> = manifest.files.iter().map(|f| folder.file_url(&f.file)).collect();
-    let local = SessionContext::new_with_config_rt(SessionConfig::new(), runtime);
-    let batches = local
-        .read_parquet(files, ParquetReadOptions::default())
+    let batches = read_committed(ctx, files)
         .await?
         .select_columns(&["path", "label", "features"])?
         .collect()
@@ -100,7 +98,7 @@ async fn read_features(ctx: &SessionContext, features: &str) -> Result<Features>
     let mut features =
         Features { paths: Vec::new(), labels: Vec::new(), values: Vec::new(), dim: 0, without_features: 0 };
     for batch in &batches {
-        let (paths, labels) = (cast(batch.column(0), &DataType::Utf8)?, cast(batch.column(1), &DataType::Utf8)?);
+        let (paths, labels) = (utf8_column(batch, 0)?, utf8_column(batch, 1)?);
         let (paths, labels) = (paths.as_string::<i32>(), labels.as_string::<i32>());
         let lists = batch.column(2).as_list_opt::<i32>().context("features is not a list column")?;
         for row in 0..batch.num_rows() {
