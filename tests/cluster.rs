@@ -27,6 +27,25 @@ fn client(garage: &Garage, args: &[&str]) -> Command {
     command
 }
 
+/// Runs `command` with a pseudo-terminal (120 columns) as its stdout and stderr, by util-linux's
+/// `script`, so the progress bar draws as it does for a person; returns all it printed as stdout.
+fn run_in_terminal(command: &Command) -> Output {
+    let quote = |s: &std::ffi::OsStr| format!("'{}'", s.to_string_lossy().replace('\'', "'\\''"));
+    let line = std::iter::once(quote(command.get_program()))
+        .chain(command.get_args().map(quote))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut script = Command::new("script");
+    script.args(["-qfec", &format!("stty cols 120 rows 40; exec {line}"), "/dev/null"]).stdin(Stdio::null());
+    for (key, value) in command.get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    script.env("TERM", "xterm").output().expect("cannot start script (util-linux)")
+}
+
 fn run_on(garage: &Garage, cluster: &Cluster, input: &str, output: &str) -> Output {
     let scheduler = cluster.scheduler_url();
     client(garage, &["run", "--scheduler", &scheduler, "--input", input, "--output", output])
@@ -65,8 +84,15 @@ fn assert_each_image_once(rows: &[FeatureRow], expected: usize) {
 fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     let (garage, cluster, images) = cluster_over_sample(2);
     let bucket = garage.bucket().to_owned();
-    let output = run_on(&garage, &cluster, &format!("s3://{bucket}/Test"), &format!("s3://{bucket}/out"));
-    assert!(output.status.success(), "{}\n{}", String::from_utf8_lossy(&output.stderr), cluster.logs());
+    let (scheduler, input, output) =
+        (cluster.scheduler_url(), format!("s3://{bucket}/Test"), format!("s3://{bucket}/out"));
+    let args = ["run", "--scheduler", &scheduler, "--input", &input, "--output", &output];
+    let run = run_in_terminal(client(&garage, &args).args(["--pca-mode", "distributed", "--json"]));
+    let printed = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{printed}\n{}", cluster.logs());
+
+    // On a terminal the bar follows the job on the scheduler: tasks and images done.
+    assert!(printed.contains("tasks done") && printed.contains(&format!("/{images} images")), "{printed}");
 
     let Committed { manifest, rows } = read_committed_s3(&garage, "out");
     assert_eq!(manifest.rows as usize, images);
@@ -79,10 +105,20 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
 
     let summary = parse_summary(&garage.get(&bucket, "out/summary.json"));
     assert_eq!((summary.rows_in, summary.featurized), (images as u64, images as u64));
+
+    // The PCA from the moments the executors aggregated within the job equals scikit-learn's.
+    let json = last_json_line(&run.stdout);
+    assert_eq!(json["run_id"], summary.run_id.as_str(), "--json prints the run's summary");
+    assert_eq!(json["pca"]["mode"], "distributed");
+    let projections = fruits_tests::pca::parse_projections(garage.get(&bucket, "out/pca/part-00000.parquet"));
+    fruits_tests::pca::ReferencePca::load().assert_matches(&json["pca"], &projections);
     let sample_bytes: u64 = garage.list(&bucket, "Test").iter().map(|(_, size)| size).sum();
     let client_read = summary.client_bytes_read.expect("measured on Linux");
+    // Besides small reports, the distributed PCA sends the client one merged moments state:
+    // count, mean and the scatter's lower triangle, as f64 (6.6 MB for 1,280 features).
+    let moments_state = (2 + 1280 + 1280 * 1281 / 2) * 8;
     assert!(
-        client_read < sample_bytes / 20,
+        client_read < sample_bytes / 20 + moments_state,
         "the client read {client_read} bytes for {sample_bytes} bytes of images: image data passed through it"
     );
 

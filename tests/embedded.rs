@@ -204,6 +204,16 @@ fn errors_name_the_problem_and_exit_non_zero() {
     }
     assert!(!out.path().join("summary.json").exists());
     assert!(!out.path().join("features/_SUCCESS").exists());
+
+    // For scripts: the same failure as one JSON line on stdout, and the same exit code.
+    let output =
+        fruits(&["run", "--input", "/nonexistent/photos", "--output", &output_dir, "--model", &model, "--json"]);
+    assert_eq!(output.status.code(), Some(1));
+    let error = last_json_line(&output.stdout)["error"].as_str().map(str::to_owned);
+    assert!(
+        error.as_deref().is_some_and(|e| e.contains("input folder /nonexistent/photos does not exist")),
+        "{error:?}"
+    );
 }
 
 #[test]

@@ -4,40 +4,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Float64Type;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use fruits_tests::pca::{ReferencePca, largest_difference_up_to_sign, parse_projections};
 use fruits_tests::*;
-use serde::Deserialize;
 
-#[derive(Debug, Deserialize)]
-struct ReferencePca {
-    rows: usize,
-    explained_variance_ratio: Vec<f64>,
-    /// `Label/file` -> (pc1, pc2).
-    projections: HashMap<String, [f64; 2]>,
-}
-
-fn reference() -> ReferencePca {
-    let path = repo_root().join("tests/fixtures/reference_pca.json");
-    serde_json::from_slice(&std::fs::read(path).expect("reference_pca.json")).expect("fixture JSON")
-}
-
-/// `pca/part-00000.parquet` as `path -> [pc1, pc2, ...]`.
+/// `pca/part-00000.parquet` of a local output.
 fn read_projections(output: &Path) -> HashMap<String, Vec<f64>> {
-    let file = std::fs::File::open(output.join("pca/part-00000.parquet")).expect("pca parquet");
-    let reader = ParquetRecordBatchReaderBuilder::try_new(file).expect("metadata").build().expect("reader");
-    let mut rows = HashMap::new();
-    for batch in reader {
-        let batch = batch.expect("batch");
-        let paths = batch.column(0).as_string::<i32>();
-        let components: Vec<_> =
-            (2..batch.num_columns()).map(|c| batch.column(c).as_primitive::<Float64Type>()).collect();
-        for row in 0..batch.num_rows() {
-            rows.insert(paths.value(row).to_owned(), components.iter().map(|c| c.value(row)).collect());
-        }
-    }
-    rows
+    parse_projections(Bytes::from(std::fs::read(output.join("pca/part-00000.parquet")).expect("pca parquet")))
 }
 
 fn summary_json(output: &Path) -> serde_json::Value {
@@ -54,30 +26,11 @@ fn run_writes_a_pca_that_matches_scikit_learn() {
     let stdout = String::from_utf8_lossy(&result.stdout);
     assert!(stdout.contains("PCA of 4835 images") && stdout.contains("PC1:") && stdout.contains("PC2:"), "{stdout}");
 
-    let reference = reference();
-    let pca = &summary_json(out.path())["pca"];
-    assert_eq!(pca["rows"], reference.rows);
-    assert_eq!(pca["rows_without_features"], 0);
-    let ratios: Vec<f64> = serde_json::from_value(pca["explained_variance_ratio"].clone()).expect("ratios");
-    assert_eq!(ratios.len(), 2);
-    for (ours, theirs) in ratios.iter().zip(&reference.explained_variance_ratio) {
-        assert!((ours - theirs).abs() < 1e-4, "explained variance ratio {ours} vs scikit-learn {theirs}");
-    }
-
-    // Projections agree up to the sign of each component.
-    let projections = read_projections(out.path());
-    assert_eq!(projections.len(), reference.rows);
-    let by_relative: HashMap<String, &Vec<f64>> =
-        projections.iter().map(|(path, pcs)| (label_and_file(path), pcs)).collect();
-    let mut worst = 0f64;
-    for (relative, expected) in &reference.projections {
-        let ours = by_relative.get(relative).unwrap_or_else(|| panic!("{relative} has no projection"));
-        for c in 0..2 {
-            let difference = (ours[c] - expected[c]).abs().min((ours[c] + expected[c]).abs());
-            worst = worst.max(difference);
-        }
-    }
-    assert!(worst < 1e-3, "largest projection difference from scikit-learn: {worst}");
+    let reference = ReferencePca::load();
+    let memory = summary_json(out.path())["pca"].clone();
+    assert_eq!(memory["mode"], "memory", "auto picks memory for the sample: {memory}");
+    let memory_projections = read_projections(out.path());
+    reference.assert_matches(&memory, &memory_projections);
 
     // The plot: a PNG of the promised size with every label's colour in it.
     let png = image::load_from_memory(&std::fs::read(out.path().join("pca.png")).expect("pca.png")).expect("a PNG");
@@ -92,6 +45,30 @@ fn run_writes_a_pca_that_matches_scikit_learn() {
     let mut lines = csv.lines();
     assert_eq!(lines.next().expect("header").split(',').count(), 2 + 1280);
     assert_eq!(lines.count(), reference.rows);
+
+    // The distributed mode (moments aggregated by DataFusion, streamed projections) gives the
+    // same PCA; `--json` prints the summary as the last line.
+    let features = out.path().join("features").display().to_string();
+    let result = fruits(&["pca", "--features", &features, "--pca-mode", "distributed", "--json"]);
+    assert_success(&result);
+    let printed = last_json_line(&result.stdout);
+    assert_eq!(printed["pca"], summary_json(out.path())["pca"], "--json prints what summary.json holds");
+    let distributed = &printed["pca"];
+    assert_eq!(distributed["mode"], "distributed");
+    let distributed_projections = read_projections(out.path());
+    reference.assert_matches(distributed, &distributed_projections);
+    for (a, b) in distributed["explained_variance_ratio"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(memory["explained_variance_ratio"].as_array().into_iter().flatten())
+    {
+        let (a, b) = (a.as_f64().expect("ratio"), b.as_f64().expect("ratio"));
+        assert!((a - b).abs() < 1e-4, "distributed {a} vs memory {b}");
+    }
+    assert_eq!(distributed_projections.len(), memory_projections.len());
+    let worst = largest_difference_up_to_sign(&distributed_projections, &memory_projections);
+    assert!(worst < 1e-4, "largest projection difference between the modes: {worst}");
 }
 
 #[test]
@@ -132,6 +109,21 @@ fn pca_alone_reads_only_committed_files_and_leaves_out_failed_images() {
     assert_eq!(projections.len(), 6);
     assert!(projections.values().all(|pcs| pcs.len() == 3));
     assert!(out.path().join("pca.png").is_file());
+
+    // Distributed, the failed image is left out and counted the same way.
+    let result = fruits(&["pca", "--features", &features_arg, "--pca-k", "3", "--pca-mode", "distributed", "--json"]);
+    assert_success(&result);
+    let distributed = &last_json_line(&result.stdout)["pca"];
+    assert_eq!((distributed["rows"].as_u64(), distributed["rows_without_features"].as_u64()), (Some(6), Some(1)));
+    for (a, b) in distributed["explained_variance_ratio"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .zip(pca["explained_variance_ratio"].as_array().into_iter().flatten())
+    {
+        let (a, b) = (a.as_f64().expect("ratio"), b.as_f64().expect("ratio"));
+        assert!((a - b).abs() < 1e-4, "distributed {a} vs memory {b}");
+    }
 
     let empty = tempfile::tempdir().expect("temp dir");
     let missing = empty.path().join("features").display().to_string();

@@ -86,7 +86,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     // The whole job, into a scratch folder.
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let scratch = scratch.path().to_str().context("scratch folder path is not UTF-8")?;
-    let summary = job::run(&engine, &args.input.input, scratch, true).await?;
+    let summary = job::run(&engine, &args.input.input, scratch, None, true).await?.summary;
     let full_rate = summary.images_per_second;
 
     println!("fruits bench: {} images, {slots} task slots, batch {batch}", summary.rows_in);

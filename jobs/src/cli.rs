@@ -6,6 +6,8 @@ use clap::{Args, Parser, Subcommand};
 use fruits_process::{ModelArgs, S3Args};
 use fruits_udfs::ScanOptions;
 
+use crate::pca::{PcaMode, PcaOptions};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "fruits",
@@ -19,6 +21,11 @@ pub struct Cli {
     /// Print only errors (no progress, no summary).
     #[arg(long, short, global = true)]
     pub quiet: bool,
+
+    /// For scripts (`run`, `pca`): print the summary as one line of JSON on stdout instead of
+    /// the text summary; a failure prints `{"error": "..."}` there, and still exits with 1.
+    #[arg(long, global = true)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -33,6 +40,8 @@ pub enum Command {
     Upload(UploadArgs),
     /// Run the PCA stage alone on committed features; writes next to them.
     Pca(PcaCommandArgs),
+    /// Copy every object under an object-store prefix (a run's output, say) to a local folder.
+    Download(DownloadArgs),
 }
 
 #[derive(Debug, Args)]
@@ -44,6 +53,19 @@ pub struct PcaArgs {
     /// Also write features.csv (path, label, one column per feature).
     #[arg(long)]
     pub csv: bool,
+
+    /// Where the covariance is computed: `memory` reads every feature vector into this
+    /// process; `distributed` has the engine aggregate it (in `fruits run`, by the executors
+    /// within the featurize job) so this process holds only a d x d matrix; `auto` picks
+    /// `distributed` above 100,000 rows.
+    #[arg(long, value_enum, default_value_t = PcaMode::Auto)]
+    pub pca_mode: PcaMode,
+}
+
+impl PcaArgs {
+    pub fn options(&self) -> PcaOptions {
+        PcaOptions { k: self.pca_k as usize, csv: self.csv, mode: self.pca_mode }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -68,6 +90,20 @@ pub struct UploadArgs {
     /// Destination prefix, e.g. s3://bucket/photos.
     #[arg(long)]
     pub to: String,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct DownloadArgs {
+    /// Source prefix, e.g. s3://bucket/out.
+    #[arg(long)]
+    pub from: String,
+
+    /// Local folder; created if missing, files already there are overwritten.
+    #[arg(long)]
+    pub to: PathBuf,
 
     #[command(flatten)]
     pub s3: S3Args,

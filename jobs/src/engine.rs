@@ -21,8 +21,10 @@ const DEFAULT_SCHEDULER_PORT: u16 = 50050;
 pub enum Mode {
     /// In this process, with the model loaded here.
     Embedded { featurizer: Arc<Featurizer>, slots: usize },
-    /// On the executors of the cluster behind `scheduler`; this process only plans and commits.
-    Cluster { scheduler: String },
+    /// On the executors of the cluster behind `scheduler` (as given; `address` is its
+    /// `HOST:PORT`, which also serves the scheduler's REST API); this process only plans and
+    /// commits.
+    Cluster { scheduler: String, address: String },
 }
 
 /// A session on a running engine, with the featurize functions registered.
@@ -81,7 +83,7 @@ impl Engine {
             .await
             .with_context(|| format!("cannot connect to the fruits scheduler at {scheduler}"))?;
         fruits_udfs::register(&ctx, &Backend::PlanningOnly);
-        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned() } })
+        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), address } })
     }
 
     /// Registers the `images` table over `input`.
@@ -92,6 +94,21 @@ impl Engine {
         let table = ImagesTable::try_new(input, options).with_context(|| format!("invalid input location {input}"))?;
         self.ctx.register_table(IMAGES_TABLE, Arc::new(table))?;
         Ok(())
+    }
+
+    /// Registers `images` over `input` again with at least `files` files per task (its other
+    /// options kept), unless its tasks are that large already.
+    pub async fn widen_image_tasks(&self, input: &str, files: usize) -> Result<()> {
+        let provider = self.ctx.table_provider(IMAGES_TABLE).await?;
+        let Some(images) = provider.downcast_ref::<ImagesTable>() else {
+            bail!("the {IMAGES_TABLE} table is not an image listing");
+        };
+        let options = images.options();
+        if options.files_per_partition >= files {
+            return Ok(());
+        }
+        self.ctx.deregister_table(IMAGES_TABLE)?;
+        self.register_images(input, ScanOptions { files_per_partition: files, ..options })
     }
 
     /// The loaded model, on the embedded engine.
@@ -106,7 +123,7 @@ impl Engine {
     pub fn describe(&self) -> String {
         match &self.mode {
             Mode::Embedded { slots, .. } => format!("ballista standalone, {slots} task slots"),
-            Mode::Cluster { scheduler } => format!("ballista cluster at {scheduler}"),
+            Mode::Cluster { scheduler, .. } => format!("ballista cluster at {scheduler}"),
         }
     }
 }

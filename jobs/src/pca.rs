@@ -1,17 +1,30 @@
 //! The PCA stage: committed features in; `pca/` projections, `pca.png`, the explained variance
 //! (and `features.csv` on request) out, next to the features.
+//!
+//! Two ways to the covariance, one result (equal within 1e-4, tested):
+//! - `memory`: every feature vector is read into this process and fitted there. Fastest while
+//!   the features fit comfortably: 50,000 rows are 256 MB of f32.
+//! - `distributed`: the engine aggregates the moments (count, mean, scatter) with
+//!   `feature_moments`; in `fruits run` the executors do it while they write the features, so
+//!   nothing is read twice. This process only takes the `d x d` eigen-decomposition, then
+//!   streams the features once, a batch at a time, for the projections. Its memory does not
+//!   grow with the number of rows beyond the projections themselves (`k` floats per row).
 
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
+use clap::ValueEnum;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use datafusion::execution::FunctionRegistry;
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::prelude::SessionContext;
-use fruits_pca::{FeatureMatrix, Pca, scatter_png};
-use fruits_udfs::FeaturesDir;
+use datafusion::prelude::{SessionContext, col};
+use fruits_pca::{FeatureMatrix, Moments, Pca, scatter_png};
+use fruits_udfs::{FEATURE_MOMENTS, FeaturesDir, Manifest, decode_moments};
+use futures::{Stream, StreamExt, TryStreamExt};
 use serde::Serialize;
+use tokio::io::AsyncWriteExt;
 
 use crate::job::{read_committed, utf8_column};
 use crate::output::OutputDir;
@@ -19,10 +32,49 @@ use crate::output::OutputDir;
 /// Size of `pca.png`, in pixels: readable on a laptop screen and in a report.
 const PLOT_SIZE: (u32, u32) = (1200, 900);
 
+/// Above this many rows `auto` computes the covariance distributed. Below it, memory mode holds
+/// at most 512 MB of f32 features (0.75 GB peak, measured at 50,000 rows: 363 MB) and is the
+/// faster of the two; above it the client's memory would keep growing with the data, while the
+/// distributed mode stays at a few `d x d` matrices.
+pub const DISTRIBUTED_ABOVE_ROWS: u64 = 100_000;
+
+/// Where the covariance matrix is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PcaMode {
+    /// `distributed` above 100,000 rows, else `memory`.
+    Auto,
+    /// Every feature vector in this process.
+    Memory,
+    /// Moments aggregated by the engine; only the `d x d` matrix reaches this process.
+    Distributed,
+}
+
+impl PcaMode {
+    /// The mode to use for `rows` rows: never `Auto`.
+    pub fn resolve(self, rows: u64) -> PcaMode {
+        match self {
+            PcaMode::Auto if rows > DISTRIBUTED_ABOVE_ROWS => PcaMode::Distributed,
+            PcaMode::Auto => PcaMode::Memory,
+            mode => mode,
+        }
+    }
+}
+
+/// What the user asked of the PCA stage.
+#[derive(Debug, Clone, Copy)]
+pub struct PcaOptions {
+    pub k: usize,
+    pub csv: bool,
+    pub mode: PcaMode,
+}
+
 /// What the PCA stage did, for `summary.json` and the terminal.
 #[derive(Debug, Serialize)]
 pub struct PcaSummary {
     pub components: usize,
+    /// `memory` or `distributed`.
+    pub mode: PcaMode,
     /// Rows the PCA was fitted on.
     pub rows: u64,
     /// Rows left out because their features are NULL (images that could not be featurized).
@@ -35,107 +87,201 @@ pub struct PcaSummary {
     pub seconds: f64,
 }
 
-/// The committed features of one run, in memory.
-struct Features {
+/// Committed feature rows, one batch at a time: rows without features are counted, not kept.
+struct Block {
     paths: Vec<String>,
     labels: Vec<String>,
-    /// Row-major, `dim` values per row; rows without features are not here.
+    /// Row-major, `dim` values per row.
     values: Vec<f32>,
     dim: usize,
     without_features: u64,
 }
 
-/// Fits a `k`-component PCA on the committed features in the folder `features` and writes its
-/// outputs into `output`.
-pub async fn run(ctx: &SessionContext, features: &str, output: &OutputDir, k: usize, csv: bool) -> Result<PcaSummary> {
-    let started = Instant::now();
-    let features = read_features(ctx, features).await?;
-    let rows = features.paths.len();
-    let matrix = FeatureMatrix::new(&features.values, features.dim)?;
-    let pca = Pca::fit(matrix, k).context("PCA failed")?;
-    let projections = pca.project(matrix)?;
-
-    let mut files = vec!["pca/part-00000.parquet".to_owned()];
-    output.put(&files[0], projections_parquet(&features, &projections, k)?).await?;
-    if k >= 2 {
-        let points: Vec<[f64; 2]> = projections.chunks(k).map(|p| [p[0], p[1]]).collect();
-        let ratio = pca.explained_variance_ratio();
-        let png = scatter_png(&points, &features.labels, [ratio[0], ratio[1]], PLOT_SIZE.0, PLOT_SIZE.1)?;
-        output.put("pca.png", png).await?;
-        files.push("pca.png".to_owned());
-    }
-    if csv {
-        output.put("features.csv", features_csv(&features)).await?;
-        files.push("features.csv".to_owned());
-    }
-    Ok(PcaSummary {
-        components: k,
-        rows: rows as u64,
-        rows_without_features: features.without_features,
-        feature_dim: features.dim,
-        explained_variance_ratio: pca.explained_variance_ratio().to_vec(),
-        cumulative_explained_variance_ratio: pca.cumulative_explained_variance_ratio(),
-        files,
-        seconds: started.elapsed().as_secs_f64(),
-    })
+/// Every row with features, and its coordinates on the components.
+#[derive(Default)]
+struct Projected {
+    paths: Vec<String>,
+    labels: Vec<String>,
+    /// `k` values per row.
+    values: Vec<f64>,
+    without_features: u64,
 }
 
-/// Reads the files the `_SUCCESS` manifest of the features folder lists.
-async fn read_features(ctx: &SessionContext, features: &str) -> Result<Features> {
-    let runtime = ctx.runtime_env();
-    let folder = FeaturesDir::open(&runtime, &format!("{}/", features.trim_end_matches('/')))?;
+/// Fits a PCA on the committed features in the folder `features` and writes its outputs into
+/// `output`. `moments`, when the featurize job already aggregated them, make it distributed.
+pub async fn run(
+    ctx: &SessionContext,
+    features: &str,
+    output: &OutputDir,
+    options: PcaOptions,
+    moments: Option<Moments>,
+) -> Result<PcaSummary> {
+    let started = Instant::now();
+    let folder = FeaturesDir::open(&ctx.runtime_env(), &format!("{}/", features.trim_end_matches('/')))?;
     let Some(manifest) = folder.manifest().await? else {
         bail!("no committed features in {} (no _SUCCESS manifest): run `fruits run` first", folder.url());
     };
     let files: Vec<String> = manifest.files.iter().map(|f| folder.file_url(&f.file)).collect();
+    let mode = if moments.is_some() { PcaMode::Distributed } else { options.mode.resolve(manifest.rows) };
+
+    let (pca, projected) = match mode {
+        PcaMode::Distributed => {
+            let moments = match moments {
+                Some(moments) => moments,
+                None => aggregate_moments(ctx, files.clone()).await?,
+            };
+            check_moments(&moments, &manifest)?;
+            let pca = Pca::from_moments(&moments, options.k).context("PCA failed")?;
+            let mut projected = Projected::default();
+            let mut blocks = std::pin::pin!(feature_blocks(ctx, files.clone()).await?);
+            while let Some(block) = blocks.try_next().await? {
+                let values = if block.values.is_empty() {
+                    Vec::new()
+                } else {
+                    pca.project(FeatureMatrix::new(&block.values, block.dim)?)?
+                };
+                projected.extend(block, values);
+            }
+            (pca, projected)
+        }
+        PcaMode::Memory | PcaMode::Auto => {
+            let mut all = Projected::default();
+            let (mut values, mut dim) = (Vec::new(), 0);
+            let mut blocks = std::pin::pin!(feature_blocks(ctx, files.clone()).await?);
+            while let Some(mut block) = blocks.try_next().await? {
+                if dim == 0 {
+                    dim = block.dim;
+                }
+                ensure!(block.dim == dim || block.values.is_empty(), "features of {} values after {dim}", block.dim);
+                values.append(&mut block.values);
+                all.extend(block, Vec::new());
+            }
+            ensure!(dim > 0, "no row of {} has features: nothing to fit", folder.url());
+            let matrix = FeatureMatrix::new(&values, dim)?;
+            let pca = Pca::fit(matrix, options.k).context("PCA failed")?;
+            all.values = pca.project(matrix)?;
+            (pca, all)
+        }
+    };
+    let k = pca.n_components();
+
+    let mut files_written = vec!["pca/part-00000.parquet".to_owned()];
+    output.put(&files_written[0], projections_parquet(&projected, k)?).await?;
+    if k >= 2 {
+        let points: Vec<[f64; 2]> = projected.values.chunks(k).map(|p| [p[0], p[1]]).collect();
+        let ratio = pca.explained_variance_ratio();
+        let png = scatter_png(&points, &projected.labels, [ratio[0], ratio[1]], PLOT_SIZE.0, PLOT_SIZE.1)?;
+        output.put("pca.png", png).await?;
+        files_written.push("pca.png".to_owned());
+    }
+    if options.csv {
+        write_csv(ctx, files, output, "features.csv").await?;
+        files_written.push("features.csv".to_owned());
+    }
+    Ok(PcaSummary {
+        components: k,
+        mode,
+        rows: pca.n_samples(),
+        rows_without_features: projected.without_features,
+        feature_dim: pca.dim(),
+        explained_variance_ratio: pca.explained_variance_ratio().to_vec(),
+        cumulative_explained_variance_ratio: pca.cumulative_explained_variance_ratio(),
+        files: files_written,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+impl Projected {
+    fn extend(&mut self, block: Block, values: Vec<f64>) {
+        self.paths.extend(block.paths);
+        self.labels.extend(block.labels);
+        self.values.extend(values);
+        self.without_features += block.without_features;
+    }
+}
+
+/// `feature_moments(features)` over the committed files, on `ctx`'s engine.
+async fn aggregate_moments(ctx: &SessionContext, files: Vec<String>) -> Result<Moments> {
+    let moments = ctx.udaf(FEATURE_MOMENTS)?;
     let batches = read_committed(ctx, files)
         .await?
-        .select_columns(&["path", "label", "features"])?
+        .aggregate(vec![], vec![moments.call(vec![col("features")])])?
         .collect()
         .await
-        .with_context(|| format!("cannot read the features in {}", folder.url()))?;
+        .context("cannot aggregate the feature moments")?;
+    let state = batches.first().and_then(|b| b.column(0).as_binary_opt::<i32>()).filter(|s| s.is_valid(0));
+    let Some(state) = state else {
+        bail!("no row of the committed features has features: nothing to fit");
+    };
+    Ok(decode_moments(state.value(0))?)
+}
 
-    let mut features =
-        Features { paths: Vec::new(), labels: Vec::new(), values: Vec::new(), dim: 0, without_features: 0 };
-    for batch in &batches {
+/// The aggregate must have seen every featurized row, exactly once.
+fn check_moments(moments: &Moments, manifest: &Manifest) -> Result<()> {
+    let featurized = manifest.rows - manifest.failed;
+    ensure!(
+        moments.n_samples() == featurized,
+        "the distributed PCA aggregated {} rows but {featurized} were featurized; try --pca-mode memory",
+        moments.n_samples()
+    );
+    Ok(())
+}
+
+/// The committed rows as [`Block`]s, streamed: at most a batch of features in memory.
+async fn feature_blocks(ctx: &SessionContext, files: Vec<String>) -> Result<impl Stream<Item = Result<Block>>> {
+    let stream = read_committed(ctx, files)
+        .await?
+        .select_columns(&["path", "label", "features"])?
+        .execute_stream()
+        .await
+        .context("cannot read the committed features")?;
+    Ok(stream.map(|batch| Block::try_from(&batch.context("cannot read the committed features")?)))
+}
+
+impl TryFrom<&RecordBatch> for Block {
+    type Error = anyhow::Error;
+
+    fn try_from(batch: &RecordBatch) -> Result<Self> {
         let (paths, labels) = (utf8_column(batch, 0)?, utf8_column(batch, 1)?);
         let (paths, labels) = (paths.as_string::<i32>(), labels.as_string::<i32>());
         let lists = batch.column(2).as_list_opt::<i32>().context("features is not a list column")?;
+        let mut block =
+            Block { paths: Vec::new(), labels: Vec::new(), values: Vec::new(), dim: 0, without_features: 0 };
         for row in 0..batch.num_rows() {
             if lists.is_null(row) {
-                features.without_features += 1;
+                block.without_features += 1;
                 continue;
             }
             let vector = lists.value(row);
             let values = vector.as_primitive_opt::<Float32Type>().context("features are not float32")?;
-            if features.dim == 0 {
-                features.dim = values.len();
+            if block.dim == 0 {
+                block.dim = values.len();
             }
             ensure!(
-                values.len() == features.dim,
+                values.len() == block.dim,
                 "{} has {} features, earlier rows {}",
                 paths.value(row),
                 values.len(),
-                features.dim
+                block.dim
             );
-            features.values.extend_from_slice(values.values());
-            features.paths.push(paths.value(row).to_owned());
-            features.labels.push(if labels.is_valid(row) { labels.value(row).to_owned() } else { String::new() });
+            block.values.extend_from_slice(values.values());
+            block.paths.push(paths.value(row).to_owned());
+            block.labels.push(if labels.is_valid(row) { labels.value(row).to_owned() } else { String::new() });
         }
+        Ok(block)
     }
-    Ok(features)
 }
 
 /// `path`, `label`, `pc1` .. `pck` as one Parquet file.
-fn projections_parquet(features: &Features, projections: &[f64], k: usize) -> Result<Vec<u8>> {
+fn projections_parquet(projected: &Projected, k: usize) -> Result<Vec<u8>> {
     let mut fields = vec![Field::new("path", DataType::Utf8, false), Field::new("label", DataType::Utf8, false)];
     fields.extend((1..=k).map(|i| Field::new(format!("pc{i}"), DataType::Float64, false)));
     let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(&features.paths)),
-        Arc::new(StringArray::from_iter_values(&features.labels)),
+        Arc::new(StringArray::from_iter_values(&projected.paths)),
+        Arc::new(StringArray::from_iter_values(&projected.labels)),
     ];
     columns.extend(
-        (0..k).map(|c| Arc::new(Float64Array::from_iter_values(projections.chunks(k).map(|p| p[c]))) as ArrayRef),
+        (0..k).map(|c| Arc::new(Float64Array::from_iter_values(projected.values.chunks(k).map(|p| p[c]))) as ArrayRef),
     );
     let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
     let mut buffer = Vec::new();
@@ -145,22 +291,47 @@ fn projections_parquet(features: &Features, projections: &[f64], k: usize) -> Re
     Ok(buffer)
 }
 
-/// `path,label,f0,...` with one row per featurized image, as the reference pipeline wrote it.
-fn features_csv(features: &Features) -> Vec<u8> {
+/// `path,label,f0,...` with one row per featurized image, as the reference pipeline wrote it;
+/// streamed from the committed files into a multipart upload, a batch at a time.
+async fn write_csv(ctx: &SessionContext, files: Vec<String>, output: &OutputDir, name: &str) -> Result<()> {
+    let mut upload = output.upload(name);
+    let mut blocks = std::pin::pin!(feature_blocks(ctx, files).await?);
+    let mut header_written = false;
+    while let Some(block) = blocks.try_next().await? {
+        if block.values.is_empty() {
+            continue;
+        }
+        let mut text = String::new();
+        if !header_written {
+            text = csv_header(block.dim);
+            header_written = true;
+        }
+        csv_rows(&block, &mut text);
+        upload.write_all(text.as_bytes()).await.with_context(|| format!("cannot write {}", output.child_url(name)))?;
+    }
+    upload.shutdown().await.with_context(|| format!("cannot write {}", output.child_url(name)))?;
+    Ok(())
+}
+
+fn csv_header(dim: usize) -> String {
     use std::fmt::Write;
     let mut text = String::from("path,label");
-    for i in 0..features.dim {
+    for i in 0..dim {
         let _ = write!(text, ",f{i}");
     }
     text.push('\n');
-    for (row, values) in features.values.chunks(features.dim).enumerate() {
-        let _ = write!(text, "{},{}", csv_field(&features.paths[row]), csv_field(&features.labels[row]));
+    text
+}
+
+fn csv_rows(block: &Block, text: &mut String) {
+    use std::fmt::Write;
+    for (row, values) in block.values.chunks(block.dim).enumerate() {
+        let _ = write!(text, "{},{}", csv_field(&block.paths[row]), csv_field(&block.labels[row]));
         for v in values {
             let _ = write!(text, ",{v}");
         }
         text.push('\n');
     }
-    text.into_bytes()
 }
 
 /// Quotes a field when CSV needs it.
@@ -170,8 +341,12 @@ fn csv_field(value: &str) -> String {
 
 /// The explained variance, printed after a run.
 pub fn print_summary(summary: &PcaSummary) {
+    let mode = match summary.mode {
+        PcaMode::Distributed => "distributed",
+        _ => "in memory",
+    };
     println!(
-        "PCA of {} images ({} without features left out), {} components, {:.2} s",
+        "PCA of {} images ({} without features left out), {} components, {mode}, {:.2} s",
         summary.rows, summary.rows_without_features, summary.components, summary.seconds
     );
     for (i, (ratio, cumulative)) in
@@ -191,5 +366,13 @@ mod tests {
         assert_eq!(csv_field("Apple Golden 1"), "Apple Golden 1");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn auto_goes_distributed_above_the_threshold_only() {
+        assert_eq!(PcaMode::Auto.resolve(DISTRIBUTED_ABOVE_ROWS), PcaMode::Memory);
+        assert_eq!(PcaMode::Auto.resolve(DISTRIBUTED_ABOVE_ROWS + 1), PcaMode::Distributed);
+        assert_eq!(PcaMode::Memory.resolve(u64::MAX), PcaMode::Memory);
+        assert_eq!(PcaMode::Distributed.resolve(10), PcaMode::Distributed);
     }
 }

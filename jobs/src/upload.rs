@@ -13,10 +13,10 @@ use object_store::path::Path;
 use object_store::{ObjectStoreExt, PutPayload};
 
 use crate::cli::UploadArgs;
-use crate::progress::images_bar;
+use crate::progress::counting_bar;
 
 /// Files in flight at once: enough to hide S3 latency, few enough for a laptop's uplink.
-const CONCURRENCY: usize = 32;
+pub const CONCURRENCY: usize = 32;
 
 pub async fn run(args: &UploadArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
@@ -30,7 +30,7 @@ pub async fn run(args: &UploadArgs, quiet: bool) -> Result<()> {
 
     let files = list_images(from.as_ref(), &source).await?;
     ensure!(!files.is_empty(), "no image files (.jpg, .jpeg, .png) found under {}", args.from);
-    let bar = images_bar(files.len() as u64, quiet);
+    let bar = counting_bar(files.len() as u64, "images", quiet);
     let copies = files.iter().map(|file| {
         let (from, to, bar, target) = (&from, &to, &bar, &target);
         let relative = file.location.as_ref().strip_prefix(source.prefix().as_ref()).unwrap_or_default();

@@ -3,6 +3,7 @@
 
 pub mod cluster;
 pub mod garage;
+pub mod pca;
 
 use std::collections::BTreeSet;
 use std::net::TcpListener;
@@ -240,4 +241,18 @@ pub fn read_summary(output: &Path) -> Summary {
 
 pub fn parse_summary(json: &[u8]) -> Summary {
     serde_json::from_slice(json).expect("summary.json")
+}
+
+/// The last line of `stdout` that is a JSON object: what `--json` prints at the end. On a
+/// terminal the line also holds what the progress bar drew and erased (`\r`, `ESC[2K`) before it.
+pub fn last_json_line(stdout: &[u8]) -> serde_json::Value {
+    let text = String::from_utf8_lossy(stdout);
+    let line = text
+        .lines()
+        .filter_map(|l| l.rsplit(['\r', '\u{1b}']).next())
+        .map(|l| l.trim_start_matches("[2K").trim())
+        .filter(|l| l.starts_with('{'))
+        .last()
+        .unwrap_or_else(|| panic!("no JSON line in:\n{text}"));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }

@@ -61,6 +61,9 @@ mod wire {
         pub output: String,
         #[prost(string, tag = "2")]
         pub run_id: String,
+        /// Whether each task also returns the feature moments of its rows.
+        #[prost(bool, tag = "3")]
+        pub moments: bool,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -128,7 +131,9 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
                 let [input] = inputs else {
                     return Err(internal_datafusion_err!("WriteFeatures takes exactly one input"));
                 };
-                Ok(WriteFeatures::try_new(input.clone(), write.output, write.run_id)?.into_extension())
+                Ok(WriteFeatures::try_new(input.clone(), write.output, write.run_id)?
+                    .with_moments(write.moments)
+                    .into_extension())
             }
             Some(wire::Node::Other(inner)) => self.inner.try_decode(&inner, inputs, ctx),
             None => Err(internal_datafusion_err!("extension node without a node")),
@@ -140,6 +145,7 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
             Some(write) => wire::Node::WriteFeatures(wire::WriteFeaturesNode {
                 output: write.output().to_owned(),
                 run_id: write.run_id().to_owned(),
+                moments: write.moments(),
             }),
             None => {
                 let mut inner = Vec::new();
@@ -231,7 +237,10 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
                 let [input] = inputs else {
                     return Err(internal_datafusion_err!("FeaturesSinkExec takes exactly one input"));
                 };
-                Ok(Arc::new(FeaturesSinkExec::try_new(Arc::clone(input), &write.output, &write.run_id)?))
+                Ok(Arc::new(
+                    FeaturesSinkExec::try_new(Arc::clone(input), &write.output, &write.run_id)?
+                        .with_moments(write.moments),
+                ))
             }
             Some(wire::Plan::Other(inner)) => self.inner.try_decode(&inner, inputs, ctx, proto_converter),
             None => Err(internal_datafusion_err!("plan node without a plan")),
@@ -252,6 +261,7 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
             wire::Plan::FeaturesSink(wire::WriteFeaturesNode {
                 output: sink.output().to_owned(),
                 run_id: sink.run_id().to_owned(),
+                moments: sink.moments(),
             })
         } else {
             let mut inner = Vec::new();

@@ -5,6 +5,7 @@
 
 pub mod codec;
 pub mod model;
+pub mod moments;
 pub mod preprocess;
 pub mod sink;
 pub mod store;
@@ -20,6 +21,7 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{FruitsLogicalCodec, FruitsPhysicalCodec};
 pub use model::{Featurizer, ModelConfig, ModelError, Parallelism};
+pub use moments::{FEATURE_MOMENTS, FeatureMoments, MERGE_FEATURE_MOMENTS, MomentsAccumulator, decode_moments};
 pub use sink::{FeaturesDir, FruitsQueryPlanner, Manifest, WriteFeatures};
 pub use store::{ObjectStores, S3Options};
 pub use table::{IMAGES_TABLE, ImagesTable, ScanOptions};
@@ -33,7 +35,8 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
         .with_ballista_physical_extension_codec(Arc::new(FruitsPhysicalCodec::default()))
 }
 
-/// Registers `featurize` and `featurize_or_error`, on `backend`, on `ctx`.
+/// Registers `featurize` and `featurize_or_error`, on `backend`, and the feature moments
+/// aggregates on `ctx`.
 ///
 /// Ballista's `standalone_with_state`/`remote_with_state` rebuild the session state and drop
 /// functions registered before, so call this on the context they return as well.
@@ -41,11 +44,14 @@ pub fn register(ctx: &SessionContext, backend: &Backend) {
     for udf in Featurize::udfs(backend) {
         ctx.register_udf(udf);
     }
+    for udaf in FeatureMoments::udafs() {
+        ctx.register_udaf(udaf);
+    }
 }
 
 /// The session state of every fruits process: `config` with our codecs, object stores from
 /// `runtime`, the planner that knows the features write, and the featurize functions on
-/// `backend`.
+/// `backend` and the moments aggregates.
 pub fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>, backend: &Backend) -> SessionState {
     let state = SessionStateBuilder::new()
         .with_config(with_codecs(config))

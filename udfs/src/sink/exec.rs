@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::{Arc, OnceLock};
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, BinaryArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::common::{exec_datafusion_err, internal_err};
 use datafusion::datasource::listing::ListingTableUrl;
@@ -24,6 +24,7 @@ use object_store::buffered::BufWriter;
 use object_store::path::Path;
 
 use super::{features_schema, write_report_schema};
+use crate::moments::MomentsAccumulator;
 
 /// Rows per row group (about 5 MB of features): readers can skip and parallelise.
 const ROWS_PER_GROUP: usize = 1024;
@@ -32,7 +33,7 @@ const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
 
 /// Writes each input partition (`path`, `label`, `result{features, error}`) to
 /// `<output>/part-<run>-<attempt>.parquet` and reports `(file, rows, failed, written_by,
-/// first_path)` once the file is complete.
+/// first_path, moments)` once the file is complete.
 ///
 /// Files are not named after the partition: Ballista hands every task a plan cut down to its
 /// own partition, which it executes as partition 0.
@@ -41,6 +42,7 @@ pub struct FeaturesSinkExec {
     input: Arc<dyn ExecutionPlan>,
     output: String,
     run_id: String,
+    moments: bool,
     properties: Arc<PlanProperties>,
 }
 
@@ -53,7 +55,13 @@ impl FeaturesSinkExec {
             EmissionType::Final,
             Boundedness::Bounded,
         );
-        Ok(Self { input, output: output.to_owned(), run_id: run_id.to_owned(), properties: Arc::new(properties) })
+        Ok(Self {
+            input,
+            output: output.to_owned(),
+            run_id: run_id.to_owned(),
+            moments: false,
+            properties: Arc::new(properties),
+        })
     }
 
     pub fn output(&self) -> &str {
@@ -63,11 +71,21 @@ impl FeaturesSinkExec {
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
+
+    /// Also accumulate the moments of the features written (see [`super::WriteFeatures::with_moments`]).
+    pub fn with_moments(mut self, moments: bool) -> Self {
+        self.moments = moments;
+        self
+    }
+
+    pub fn moments(&self) -> bool {
+        self.moments
+    }
 }
 
 impl DisplayAs for FeaturesSinkExec {
     fn fmt_as(&self, _t: DisplayFormatType, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "FeaturesSinkExec: output={} run={}", self.output, self.run_id)
+        write!(f, "FeaturesSinkExec: output={} run={} moments={}", self.output, self.run_id, self.moments)
     }
 }
 
@@ -103,7 +121,7 @@ impl ExecutionPlan for FeaturesSinkExec {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let [input] = <[_; 1]>::try_from(children)
             .map_err(|_| DataFusionError::Internal("FeaturesSinkExec takes exactly one input".into()))?;
-        Ok(Arc::new(Self::try_new(input, &self.output, &self.run_id)?))
+        Ok(Arc::new(Self::try_new(input, &self.output, &self.run_id)?.with_moments(self.moments)))
     }
 
     fn with_new_children(self: Arc<Self>, children: Vec<Arc<dyn ExecutionPlan>>) -> Result<Arc<dyn ExecutionPlan>> {
@@ -119,10 +137,8 @@ impl ExecutionPlan for FeaturesSinkExec {
         let store = context.runtime_env().object_store(url.object_store())?;
         let name = format!("part-{}-{}.parquet", self.run_id, attempt_id());
         let path = url.prefix().clone().join(name);
-        let write = async move {
-            let report = write_partition(input, store, path).await?;
-            Ok(report)
-        };
+        let moments = self.moments.then(MomentsAccumulator::default);
+        let write = write_partition(input, store, path, moments);
         Ok(Box::pin(RecordBatchStreamAdapter::new(write_report_schema(), futures::stream::once(write))))
     }
 }
@@ -131,6 +147,7 @@ async fn write_partition(
     mut input: SendableRecordBatchStream,
     store: Arc<dyn object_store::ObjectStore>,
     path: Path,
+    mut moments: Option<MomentsAccumulator>,
 ) -> Result<RecordBatch> {
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
@@ -148,11 +165,20 @@ async fn write_partition(
         }
         rows += batch.num_rows() as u64;
         failed += (batch.num_rows() - batch.column(3).null_count()) as u64;
+        if let Some(moments) = &mut moments {
+            let features =
+                batch.column(2).as_list_opt::<i32>().ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
+            moments.add_features(features)?;
+        }
         writer.write(&batch).await?;
     }
     // An attempt that fails before this point never completes its upload, so it leaves no
     // object behind (or, on a local disk, a file that the commit's clean-up removes).
     writer.close().await.map_err(|e| exec_datafusion_err!("cannot write {path}: {e}"))?;
+    let moments = match &mut moments {
+        Some(moments) => moments.finish()?,
+        None => None,
+    };
     let report = RecordBatch::try_new(
         write_report_schema(),
         vec![
@@ -161,6 +187,7 @@ async fn write_partition(
             Arc::new(UInt64Array::from(vec![failed])),
             Arc::new(StringArray::from(vec![process_name().to_owned()])),
             Arc::new(StringArray::from(vec![first_path])),
+            Arc::new(BinaryArray::from(vec![moments.as_deref()])),
         ],
     )?;
     Ok(report)

@@ -51,14 +51,21 @@ impl Manifest {
     pub fn from_reports(run_id: &str, reports: &[RecordBatch]) -> Result<Self> {
         let mut files = Vec::new();
         for batch in reports {
-            if batch.schema().fields() != write_report_schema().fields() {
-                return Err(exec_datafusion_err!("unexpected write report columns: {}", batch.schema()));
-            }
-            let names = batch.column(0).as_string::<i32>();
-            let rows = batch.column(1).as_primitive::<UInt64Type>();
-            let failed = batch.column(2).as_primitive::<UInt64Type>();
-            let writers = batch.column(3).as_string::<i32>();
-            let first_paths = batch.column(4).as_string::<i32>();
+            // By name: the reports may come back through an aggregate, with other nullability.
+            let column = |name: &str| {
+                let expected = write_report_schema();
+                let (_, field) =
+                    expected.column_with_name(name).ok_or_else(|| exec_datafusion_err!("no report column {name}"))?;
+                batch
+                    .column_by_name(name)
+                    .filter(|c| c.data_type() == field.data_type())
+                    .ok_or_else(|| exec_datafusion_err!("unexpected write report columns: {}", batch.schema()))
+            };
+            let names = column("file")?.as_string::<i32>();
+            let rows = column("rows")?.as_primitive::<UInt64Type>();
+            let failed = column("failed")?.as_primitive::<UInt64Type>();
+            let writers = column("written_by")?.as_string::<i32>();
+            let first_paths = column("first_path")?.as_string::<i32>();
             for row in 0..batch.num_rows() {
                 files.push(CommittedFile {
                     file: names.value(row).to_owned(),
@@ -199,7 +206,7 @@ impl FeaturesDir {
 mod tests {
     use std::sync::Arc;
 
-    use datafusion::arrow::array::{StringArray, UInt64Array};
+    use datafusion::arrow::array::{BinaryArray, StringArray, UInt64Array};
 
     use super::*;
 
@@ -213,6 +220,7 @@ mod tests {
                 Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.2))),
                 Arc::new(StringArray::from_iter_values(files.iter().map(|_| "host:1"))),
                 Arc::new(StringArray::from_iter(files.iter().map(|f| (!f.3.is_empty()).then_some(f.3)))),
+                Arc::new(BinaryArray::from(vec![None::<&[u8]>; files.len()])),
             ],
         )
         .unwrap()

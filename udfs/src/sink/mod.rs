@@ -45,7 +45,9 @@ pub fn features_schema() -> SchemaRef {
     ]))
 }
 
-/// What a write task returns: one row per file it wrote.
+/// What a write task returns: one row per file it wrote. `moments` is the file's
+/// [`crate::FEATURE_MOMENTS`] state when the write was asked for it (NULL otherwise, or when no
+/// row of the file has features).
 pub fn write_report_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("file", DataType::Utf8, false),
@@ -53,6 +55,7 @@ pub fn write_report_schema() -> SchemaRef {
         Field::new("failed", DataType::UInt64, false),
         Field::new("written_by", DataType::Utf8, false),
         Field::new("first_path", DataType::Utf8, true),
+        Field::new("moments", DataType::Binary, true),
     ]))
 }
 
@@ -97,6 +100,7 @@ impl ExtensionPlanner for WriteFeaturesPlanner {
         let [input] = physical_inputs else {
             return plan_err!("{} takes exactly one input", write.name());
         };
-        Ok(Some(Arc::new(FeaturesSinkExec::try_new(Arc::clone(input), write.output(), write.run_id())?)))
+        let sink = FeaturesSinkExec::try_new(Arc::clone(input), write.output(), write.run_id())?;
+        Ok(Some(Arc::new(sink.with_moments(write.moments()))))
     }
 }

@@ -19,6 +19,8 @@ pub struct WriteFeatures {
     input: LogicalPlan,
     output: String,
     run_id: String,
+    /// Whether each report also carries the feature moments of the file's rows.
+    moments: bool,
     schema: DFSchemaRef,
 }
 
@@ -38,7 +40,14 @@ impl WriteFeatures {
             }
         }
         let schema = Arc::new(DFSchema::try_from(write_report_schema())?);
-        Ok(Self { input, output: output.into(), run_id: run_id.into(), schema })
+        Ok(Self { input, output: output.into(), run_id: run_id.into(), moments: false, schema })
+    }
+
+    /// Also return, in each report's `moments` column, the [`crate::FEATURE_MOMENTS`] state of
+    /// the file's features: a distributed PCA then needs no second pass over the features.
+    pub fn with_moments(mut self, moments: bool) -> Self {
+        self.moments = moments;
+        self
     }
 
     /// The node as a plan to execute.
@@ -56,6 +65,10 @@ impl WriteFeatures {
 
     pub fn run_id(&self) -> &str {
         &self.run_id
+    }
+
+    pub fn moments(&self) -> bool {
+        self.moments
     }
 }
 
@@ -86,13 +99,13 @@ impl UserDefinedLogicalNodeCore for WriteFeatures {
     }
 
     fn fmt_for_explain(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "WriteFeatures: output={} run={}", self.output, self.run_id)
+        write!(f, "WriteFeatures: output={} run={} moments={}", self.output, self.run_id, self.moments)
     }
 
     fn with_exprs_and_inputs(&self, _exprs: Vec<Expr>, mut inputs: Vec<LogicalPlan>) -> Result<Self> {
         let (Some(input), true) = (inputs.pop(), inputs.is_empty()) else {
             return plan_err!("WriteFeatures takes exactly one input");
         };
-        Self::try_new(input, self.output.clone(), self.run_id.clone())
+        Ok(Self::try_new(input, self.output.clone(), self.run_id.clone())?.with_moments(self.moments))
     }
 }
