@@ -7,7 +7,7 @@ MODEL  ?= $(SHARED)/models/mobilenetv2_features.onnx
 OUTPUT ?= out
 CARGO  ?= cargo
 
-.PHONY: setup setup-s3 build run test bench bench-cluster
+.PHONY: setup setup-s3 build run test bench bench-cluster bench-pca docker emr-package
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -31,3 +31,14 @@ bench: build
 
 bench-cluster: build
 	./scripts/bench-cluster.sh "$(INPUT)" "$(MODEL)"
+
+bench-pca: build
+	./scripts/bench-pca.sh "$(INPUT)" "$(MODEL)" 50000
+
+# Container images of the local Docker cluster (docker/), from the release binaries.
+docker: build setup-s3
+	./scripts/docker-build.sh
+
+# The release tarball the EMR bootstrap action installs (README, "Deploy on AWS EMR").
+emr-package: build
+	./deploy/emr/package.sh dist
