@@ -8,7 +8,7 @@
 //! prints a loud SKIPPED line and passes. Building the base image the first time needs root and
 //! the Debian mirror (scripts/docker-base.sh); later runs reuse it.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
@@ -472,24 +472,6 @@ fn last_json_line(output: &Output) -> Summary {
             panic!("no JSON summary on stdout\nstderr:\n{}", String::from_utf8_lossy(&output.stderr))
         });
     parse_summary(line.as_bytes())
-}
-
-/// Panics unless every sample image is in `rows` exactly once, labelled with its folder.
-fn assert_each_image_once(rows: &[FeatureRow], expected: usize) {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for row in rows {
-        *seen.entry(label_and_file(&row.path)).or_insert(0) += 1;
-        assert_eq!(row.path.rsplit('/').nth(1), row.label.as_deref(), "{}", row.path);
-    }
-    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "duplicated rows: {duplicated:?}");
-    assert_eq!(seen.len(), expected, "distinct images");
-    let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
-    for row in rows {
-        *per_label.entry(row.label.clone().unwrap_or_default()).or_insert(0) += 1;
-    }
-    let sample: BTreeMap<String, usize> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n)).collect();
-    assert_eq!(per_label, sample);
 }
 
 /// `n` random bytes as lowercase hex.

@@ -412,24 +412,6 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
 }
 
-/// Panics unless every sample image is in `rows` exactly once, labelled with its folder.
-fn assert_each_image_once(rows: &[FeatureRow], expected: usize) {
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    for row in rows {
-        *seen.entry(label_and_file(&row.path)).or_insert(0) += 1;
-        assert_eq!(row.path.rsplit('/').nth(1), row.label.as_deref(), "{}", row.path);
-    }
-    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(duplicated.is_empty(), "duplicated rows: {duplicated:?}");
-    assert_eq!(seen.len(), expected, "distinct images");
-    let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
-    for row in rows {
-        *per_label.entry(row.label.clone().unwrap_or_default()).or_insert(0) += 1;
-    }
-    let sample: BTreeMap<String, usize> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n)).collect();
-    assert_eq!(per_label, sample);
-}
-
 fn strings(list: &serde_json::Value) -> Vec<String> {
     list.as_array().expect("a JSON list").iter().map(|v| v.as_str().expect("a string").to_owned()).collect()
 }

@@ -12,6 +12,18 @@ fn read_projections(output: &Path) -> HashMap<String, Vec<f64>> {
     parse_projections(Bytes::from(std::fs::read(output.join("pca/part-00000.parquet")).expect("pca parquet")))
 }
 
+/// Panics unless two `pca` summaries explain the same variance per component, within 1e-4.
+fn assert_same_variance(distributed: &serde_json::Value, memory: &serde_json::Value) {
+    let ratios = |pca: &serde_json::Value| -> Vec<f64> {
+        serde_json::from_value(pca["explained_variance_ratio"].clone()).expect("explained_variance_ratio")
+    };
+    let (distributed, memory) = (ratios(distributed), ratios(memory));
+    assert_eq!(distributed.len(), memory.len());
+    for (a, b) in distributed.iter().zip(&memory) {
+        assert!((a - b).abs() < 1e-4, "distributed {a} vs memory {b}");
+    }
+}
+
 fn summary_json(output: &Path) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(output.join("summary.json")).expect("summary.json")).expect("JSON")
 }
@@ -57,15 +69,7 @@ fn run_writes_a_pca_that_matches_scikit_learn() {
     assert_eq!(distributed["mode"], "distributed");
     let distributed_projections = read_projections(out.path());
     reference.assert_matches(distributed, &distributed_projections);
-    for (a, b) in distributed["explained_variance_ratio"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(memory["explained_variance_ratio"].as_array().into_iter().flatten())
-    {
-        let (a, b) = (a.as_f64().expect("ratio"), b.as_f64().expect("ratio"));
-        assert!((a - b).abs() < 1e-4, "distributed {a} vs memory {b}");
-    }
+    assert_same_variance(distributed, &memory);
     assert_eq!(distributed_projections.len(), memory_projections.len());
     let worst = largest_difference_up_to_sign(&distributed_projections, &memory_projections);
     assert!(worst < 1e-4, "largest projection difference between the modes: {worst}");
@@ -115,15 +119,7 @@ fn pca_alone_reads_only_committed_files_and_leaves_out_failed_images() {
     assert_success(&result);
     let distributed = &last_json_line(&result.stdout)["pca"];
     assert_eq!((distributed["rows"].as_u64(), distributed["rows_without_features"].as_u64()), (Some(6), Some(1)));
-    for (a, b) in distributed["explained_variance_ratio"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .zip(pca["explained_variance_ratio"].as_array().into_iter().flatten())
-    {
-        let (a, b) = (a.as_f64().expect("ratio"), b.as_f64().expect("ratio"));
-        assert!((a - b).abs() < 1e-4, "distributed {a} vs memory {b}");
-    }
+    assert_same_variance(distributed, pca);
 
     let empty = tempfile::tempdir().expect("temp dir");
     let missing = empty.path().join("features").display().to_string();

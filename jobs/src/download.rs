@@ -7,12 +7,12 @@ use std::time::Instant;
 use anyhow::{Context, Result, ensure};
 use datafusion::datasource::listing::ListingTableUrl;
 use fruits_udfs::ObjectStores;
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use object_store::ObjectStoreExt;
 
 use crate::cli::DownloadArgs;
 use crate::progress::counting_bar;
-use crate::upload::CONCURRENCY;
+use crate::upload::copy_concurrently;
 
 pub async fn run(args: &DownloadArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
@@ -42,10 +42,7 @@ pub async fn run(args: &DownloadArgs, quiet: bool) -> Result<()> {
             anyhow::Ok(object.size)
         }
     });
-    let bytes: u64 = futures::stream::iter(copies)
-        .buffer_unordered(CONCURRENCY)
-        .try_fold(0, |sum, n| async move { Ok(sum + n) })
-        .await?;
+    let bytes = copy_concurrently(copies).await?;
     bar.finish_and_clear();
     if !quiet {
         println!(

@@ -16,7 +16,13 @@ use crate::cli::UploadArgs;
 use crate::progress::counting_bar;
 
 /// Files in flight at once: enough to hide S3 latency, few enough for a laptop's uplink.
-pub const CONCURRENCY: usize = 32;
+const CONCURRENCY: usize = 32;
+
+/// Runs `copies` (each returning the bytes it copied) `CONCURRENCY` at a time; the total bytes,
+/// or the first error.
+pub async fn copy_concurrently(copies: impl Iterator<Item = impl Future<Output = Result<u64>>>) -> Result<u64> {
+    futures::stream::iter(copies).buffer_unordered(CONCURRENCY).try_fold(0, |sum, n| async move { Ok(sum + n) }).await
+}
 
 pub async fn run(args: &UploadArgs, quiet: bool) -> Result<()> {
     let started = Instant::now();
@@ -45,10 +51,7 @@ pub async fn run(args: &UploadArgs, quiet: bool) -> Result<()> {
             anyhow::Ok(file.size)
         }
     });
-    let bytes: u64 = futures::stream::iter(copies)
-        .buffer_unordered(CONCURRENCY)
-        .try_fold(0, |sum, n| async move { Ok(sum + n) })
-        .await?;
+    let bytes = copy_concurrently(copies).await?;
     bar.finish_and_clear();
     if !quiet {
         println!(

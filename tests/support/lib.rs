@@ -5,7 +5,7 @@ pub mod cluster;
 pub mod garage;
 pub mod pca;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -255,4 +255,23 @@ pub fn last_json_line(stdout: &[u8]) -> serde_json::Value {
         .last()
         .unwrap_or_else(|| panic!("no JSON line in:\n{text}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// Panics unless every sample image is in `rows` exactly once, labelled with its folder, and
+/// there are `expected` of them with the sample's count per label.
+pub fn assert_each_image_once(rows: &[FeatureRow], expected: usize) {
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for row in rows {
+        *seen.entry(label_and_file(&row.path)).or_insert(0) += 1;
+        assert_eq!(row.path.rsplit('/').nth(1), row.label.as_deref(), "{}", row.path);
+    }
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(duplicated.is_empty(), "duplicated rows: {duplicated:?}");
+    assert_eq!(seen.len(), expected, "distinct images");
+    let mut per_label: BTreeMap<String, usize> = BTreeMap::new();
+    for row in rows {
+        *per_label.entry(row.label.clone().unwrap_or_default()).or_insert(0) += 1;
+    }
+    let sample: BTreeMap<String, usize> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n)).collect();
+    assert_eq!(per_label, sample);
 }
