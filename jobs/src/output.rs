@@ -12,6 +12,7 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::basic::{Compression, ZstdLevel};
 use datafusion::parquet::file::properties::WriterProperties;
+use fruits_udfs::sink::UPLOAD_BUFFER;
 use object_store::buffered::BufWriter;
 use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::Serialize;
@@ -21,8 +22,6 @@ use serde::Serialize;
 const ROWS_PER_FILE: usize = 100_000;
 /// Rows per row group (about 5 MB of features): readers can skip and parallelise.
 const ROWS_PER_GROUP: usize = 1024;
-/// Part size of streamed uploads: S3 needs at least 5 MiB per part.
-const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
 
 /// The folder a run writes into: a local folder or an object-store prefix.
 pub struct OutputDir {

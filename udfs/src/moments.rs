@@ -337,26 +337,19 @@ mod tests {
         let table = datafusion::datasource::MemTable::try_new(schema, partitions).unwrap();
         let expected = Moments::from_rows(FeatureMatrix::new(&all, 4).unwrap()).unwrap();
 
+        let [feature_moments, merge_feature_moments] = FeatureMoments::udafs();
         let df = ctx.read_table(Arc::new(table)).unwrap();
-        let batches = df
-            .aggregate(vec![], vec![FeatureMoments::udafs()[0].call(vec![col("features")])])
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let bytes = batches[0].column(0).as_binary::<i32>().value(0).to_vec();
-        assert_close(&decode_moments(&bytes).unwrap(), &expected);
+        assert_close(&aggregate(df, &feature_moments, "features").await, &expected);
 
         let states: Arc<BinaryArray> = Arc::new(states.iter().map(|s| s.as_deref()).collect());
         let schema = Arc::new(Schema::new(vec![Field::new("moments", DataType::Binary, true)]));
         let df = ctx.read_batch(RecordBatch::try_new(schema, vec![states]).unwrap()).unwrap();
-        let batches = df
-            .aggregate(vec![], vec![FeatureMoments::udafs()[1].call(vec![col("moments")])])
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        let bytes = batches[0].column(0).as_binary::<i32>().value(0).to_vec();
-        assert_close(&decode_moments(&bytes).unwrap(), &expected);
+        assert_close(&aggregate(df, &merge_feature_moments, "moments").await, &expected);
+    }
+
+    /// `udaf(column)` over all of `df`, decoded.
+    async fn aggregate(df: datafusion::dataframe::DataFrame, udaf: &AggregateUDF, column: &str) -> Moments {
+        let batches = df.aggregate(vec![], vec![udaf.call(vec![col(column)])]).unwrap().collect().await.unwrap();
+        decode_moments(batches[0].column(0).as_binary::<i32>().value(0)).unwrap()
     }
 }

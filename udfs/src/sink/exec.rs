@@ -23,13 +23,11 @@ use futures::StreamExt;
 use object_store::buffered::BufWriter;
 use object_store::path::Path;
 
-use super::{features_schema, write_report_schema};
+use super::{UPLOAD_BUFFER, features_schema, write_report_schema};
 use crate::moments::MomentsAccumulator;
 
 /// Rows per row group (about 5 MB of features): readers can skip and parallelise.
 const ROWS_PER_GROUP: usize = 1024;
-/// Multipart chunk size of the upload: S3 needs at least 5 MiB per part.
-const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
 
 /// Writes each input partition (`path`, `label`, `result{features, error}`) to
 /// `<output>/part-<run>-<attempt>.parquet` and reports `(file, rows, failed, written_by,

@@ -29,6 +29,10 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 pub use exec::FeaturesSinkExec;
+
+/// Part size of the streamed (multipart) uploads of every fruits process: S3 needs at least
+/// 5 MiB per part, and 10 MiB keeps the part count of a large file low.
+pub const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
 pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest};
 pub use node::WriteFeatures;
 
