@@ -1,13 +1,13 @@
 //! The job on a real loopback cluster: Garage as S3, `fruits-scheduler`, two
 //! `fruits-executor`s and the `fruits` client, all separate processes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use fruits_tests::cluster::{Cluster, ClusterOptions};
-use fruits_tests::garage::Garage;
-use fruits_tests::*;
+use crate::support::cluster::{Cluster, ClusterOptions};
+use crate::support::garage::Garage;
+use crate::support::*;
 
 /// Garage with the sample uploaded under `Test/<Class>/...`, and a cluster using it; also
 /// returns the number of images uploaded.
@@ -53,6 +53,25 @@ fn run_on(garage: &Garage, cluster: &Cluster, input: &str, output: &str) -> Outp
         .expect("cannot start fruits")
 }
 
+/// The `(label, n)` rows of a Parquet file.
+fn label_counts(parquet: Bytes) -> Vec<(String, i64)> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::datatypes::{DataType, Int64Type};
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let reader = ParquetRecordBatchReaderBuilder::try_new(parquet).expect("Parquet metadata").build().expect("reader");
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("Parquet batch");
+        let labels = datafusion::arrow::compute::cast(batch.column_by_name("label").expect("label"), &DataType::Utf8)
+            .expect("labels as text");
+        let counts = batch.column_by_name("n").expect("n column").as_primitive::<Int64Type>();
+        let labels = labels.as_string::<i32>();
+        rows.extend((0..batch.num_rows()).map(|i| (labels.value(i).to_owned(), counts.value(i))));
+    }
+    rows
+}
+
 /// The committed features under `s3://<bucket>/<prefix>/features/`.
 fn read_committed_s3(garage: &Garage, prefix: &str) -> Committed {
     let present: HashSet<String> = garage.list(garage.bucket(), prefix).into_iter().map(|(key, _)| key).collect();
@@ -92,8 +111,8 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     let json = last_json_line(&run.stdout);
     assert_eq!(json["run_id"], summary.run_id.as_str(), "--json prints the run's summary");
     assert_eq!(json["pca"]["mode"], "distributed");
-    let projections = fruits_tests::pca::parse_projections(garage.get(&bucket, "out/pca/part-00000.parquet"));
-    fruits_tests::pca::ReferencePca::load().assert_matches(&json["pca"], &projections);
+    let projections = crate::support::pca::parse_projections(garage.get(&bucket, "out/pca/part-00000.parquet"));
+    crate::support::pca::ReferencePca::load().assert_matches(&json["pca"], &projections);
     let sample_bytes: u64 = garage.list(&bucket, "Test").iter().map(|(_, size)| size).sum();
     let client_read = summary.client_bytes_read.expect("measured on Linux");
     // Besides small reports, the distributed PCA sends the client one merged moments state:
@@ -115,6 +134,20 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     for (label, n) in SAMPLE_COUNTS {
         assert!(printed.lines().any(|l| l.contains(label) && l.contains(&format!(" {n} "))), "{label}:\n{printed}");
     }
+    // COPY ... STORED AS PARQUET travels to the cluster too (its file format through both
+    // codecs) and the executors write Parquet that reads back.
+    let copy = format!(
+        "COPY (SELECT label, count(*) AS n FROM images GROUP BY label) TO 's3://{bucket}/counts/' STORED AS PARQUET"
+    );
+    let copied =
+        client(&garage, &["sql", "--scheduler", &scheduler, "--input", &input, &copy]).output().expect("fruits sql");
+    assert_success(&copied);
+    let parts: Vec<String> =
+        garage.list(&bucket, "counts").into_iter().map(|(key, _)| key).filter(|k| k.ends_with(".parquet")).collect();
+    assert!(!parts.is_empty(), "COPY wrote no Parquet file: {:?}", garage.list(&bucket, "counts"));
+    let counts: BTreeMap<String, i64> = parts.iter().flat_map(|key| label_counts(garage.get(&bucket, key))).collect();
+    let expected: BTreeMap<String, i64> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n as i64)).collect();
+    assert_eq!(counts, expected);
 
     // The same images on the embedded engine give the same features.
     let local = tempfile::tempdir().expect("temp dir");

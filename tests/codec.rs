@@ -12,11 +12,12 @@ use datafusion_proto::bytes::{
     logical_plan_from_bytes_with_extension_codec, logical_plan_to_bytes_with_extension_codec,
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
-use fruits_tests::{model_path, read_committed, sample_dir};
 use fruits_udfs::{
-    Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Manifest, ModelConfig,
-    ObjectStores, Parallelism, S3Options, ScanOptions, WriteFeatures,
+    Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Location, Manifest,
+    ModelConfig, ObjectStores, Parallelism, S3Options, ScanOptions, WriteFeatures,
 };
+
+use crate::support::{model_path, read_committed, sample_dir};
 
 const QUERY: &str =
     "SELECT path, label, featurize(content) AS features FROM images WHERE label = 'Mangostan' ORDER BY path LIMIT 5";
@@ -83,7 +84,7 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
         .await
         .expect("sql")
         .into_unoptimized_plan();
-    let plan = WriteFeatures::try_new(select, url.as_str(), "run1").expect("write node").into_plan();
+    let plan = WriteFeatures::try_new(select, url.as_str(), "run1").expect("write node").to_plan().expect("plan");
 
     let logical = FruitsLogicalCodec::default();
     let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical).expect("encode");
@@ -106,7 +107,7 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
     assert_eq!((manifest.rows, manifest.failed), (300, 0));
     assert!(manifest.files.iter().all(|f| f.file.starts_with("part-") && f.file.contains("-run1-")));
 
-    let folder = FeaturesDir::open(&ctx.runtime_env(), &url).expect("features folder");
+    let folder = FeaturesDir::new(Location::parse(&url, &ctx.runtime_env()).expect("features folder"));
     folder.commit(&manifest).await.expect("commit");
     let committed = read_committed(&out.path().join("features"));
     assert_eq!(committed.rows.len(), 300);

@@ -12,15 +12,12 @@ use std::collections::HashSet;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fruits_tests::cluster::http_get;
-use fruits_tests::*;
-use futures::TryStreamExt;
-use object_store::aws::AmazonS3Builder;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
+use crate::support::cluster::http_get;
+use crate::support::docker::{compose_or_skip, docker};
+use crate::support::s3::{S3Account, S3Bucket, random_hex};
+use crate::support::*;
 
 /// The bucket docker-compose.yml gives the fruits services.
 const BUCKET: &str = "fruits";
@@ -34,7 +31,7 @@ const EXECUTORS: usize = 2;
 
 #[test]
 fn compose_cluster_runs_the_job_and_survives_a_killed_and_a_disconnected_executor() {
-    let Some(compose_program) = docker_and_compose() else { return };
+    let Some(compose_program) = compose_or_skip("the Docker compose test") else { return };
     let started = Instant::now();
     build_images();
     let built = started.elapsed();
@@ -47,7 +44,7 @@ fn compose_cluster_runs_the_job_and_survives_a_killed_and_a_disconnected_executo
     // 1. The documented job: `run --rm client`, here with --json for a parseable summary.
     let job = compose.command(&["run", "--rm", "-T", "client", "--json"]).output().expect("compose run");
     compose.assert_success(&job, "the job");
-    let summary = last_json_line(&job);
+    let summary = last_summary(&job.stdout);
     assert_eq!((summary.rows_in, summary.rows_out, summary.featurized), (images as u64, images as u64, images as u64));
     assert!(summary.failed.is_empty(), "{:?}", summary.failed);
     assert!(summary.engine.contains("df://scheduler:50050"), "{}", summary.engine);
@@ -118,35 +115,6 @@ fn compose_cluster_runs_the_job_and_survives_a_killed_and_a_disconnected_executo
     );
 }
 
-/// The Compose command (`docker compose` preferred, else `docker-compose`), or `None` after
-/// printing why the test is skipped. The notice goes straight to stderr, past the test harness's
-/// capture, so it shows in a passing run.
-fn docker_and_compose() -> Option<Vec<String>> {
-    let skip = |why: String| {
-        let line = "=".repeat(78);
-        let _ = writeln!(std::io::stderr(), "\n{line}\nSKIPPED: {why}: the Docker compose test did not run\n{line}\n");
-        None
-    };
-    match Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output() {
-        Ok(output) if output.status.success() => {}
-        Ok(output) => {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            return skip(format!("no Docker engine (docker info: {})", stderr.trim()));
-        }
-        Err(e) => return skip(format!("no Docker engine (cannot run docker: {e})")),
-    }
-    let works = |program: &[&str]| {
-        Command::new(program[0]).args(&program[1..]).arg("version").output().is_ok_and(|o| o.status.success())
-    };
-    if works(&["docker", "compose"]) {
-        Some(vec!["docker".into(), "compose".into()])
-    } else if works(&["docker-compose"]) {
-        Some(vec!["docker-compose".into()])
-    } else {
-        skip("a Docker engine but neither `docker compose` nor `docker-compose`".into())
-    }
-}
-
 /// `scripts/docker-build.sh` on the binaries this test run uses.
 fn build_images() {
     let bin_dir = binary("fruits").parent().expect("binary folder").to_path_buf();
@@ -178,15 +146,13 @@ impl Compose {
         let key_id = format!("GK{}", random_hex(12));
         let secret = random_hex(32);
         let output_dir = tempfile::Builder::new().prefix("fruits-compose-out-").tempdir().expect("temp dir");
-        // Bind mounts need clean absolute paths.
-        let canonical = |p: PathBuf| p.canonicalize().unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-        let model = canonical(model_path());
+        let model = canonical(&model_path());
         let env = [
             ("FRUITS_S3_PORT", s3_port.to_string()),
             ("FRUITS_SCHEDULER_PORT", scheduler_port.to_string()),
             ("FRUITS_S3_KEY_ID", key_id.clone()),
             ("FRUITS_S3_SECRET", secret.clone()),
-            ("FRUITS_INPUT_DIR", canonical(sample_dir()).display().to_string()),
+            ("FRUITS_INPUT_DIR", canonical(&sample_dir()).display().to_string()),
             ("FRUITS_OUTPUT_DIR", output_dir.path().display().to_string()),
             ("FRUITS_MODEL_DIR", model.parent().expect("model folder").display().to_string()),
             ("FRUITS_MODEL_FILE", model.file_name().expect("model file").to_string_lossy().into_owned()),
@@ -231,9 +197,7 @@ impl Compose {
 
     /// Runs a docker command that must succeed; returns its stdout.
     fn docker(&self, args: &[&str]) -> String {
-        let output = Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run docker");
-        self.assert_success(&output, &format!("docker {}", args.join(" ")));
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        docker(args, || self.logs())
     }
 
     fn assert_success(&self, output: &Output, what: &str) {
@@ -313,26 +277,16 @@ impl Compose {
         format!("label=com.docker.compose.project={}", self.project)
     }
 
-    /// The project's S3, through the host port.
-    fn s3(&self) -> S3 {
-        let store = AmazonS3Builder::new()
-            .with_endpoint(format!("http://127.0.0.1:{}", self.s3_port))
-            .with_allow_http(true)
-            .with_region("garage")
-            .with_access_key_id(&self.key_id)
-            .with_secret_access_key(&self.secret)
-            .with_bucket_name(BUCKET)
-            .with_virtual_hosted_style_request(false)
-            .build()
-            .expect("S3 client");
-        S3 { store: Arc::new(store) }
+    /// The project's bucket, through the host port.
+    fn s3(&self) -> S3Bucket {
+        S3Account::garage_on_host_port(self.s3_port, &self.key_id, &self.secret).bucket(BUCKET)
     }
 
     /// Runs `fruits run` in the client container on the images the first job uploaded, into
     /// `s3://fruits/<prefix>`; as soon as its first task has committed a file, does `interrupt`
     /// to one executor. The job must still succeed, with every image exactly once and no file of
     /// a lost attempt left.
-    fn run_interrupted(&self, s3: &S3, prefix: &str, images: usize, interrupt: impl FnOnce(&str)) {
+    fn run_interrupted(&self, s3: &S3Bucket, prefix: &str, images: usize, interrupt: impl FnOnce(&str)) {
         let input = format!("s3://{BUCKET}/input");
         let output = format!("s3://{BUCKET}/{prefix}");
         let args = ["run", "--rm", "-T", "--entrypoint", "fruits", "client", "--json", "run"];
@@ -363,7 +317,7 @@ impl Compose {
             panic!("the {prefix} job did not finish in {JOB_TIMEOUT:?}\n{}", self.logs());
         });
         self.assert_success(&result, &format!("the {prefix} job"));
-        let summary = last_json_line(&result);
+        let summary = last_summary(&result.stdout);
         assert_eq!((summary.rows_in, summary.rows_out), (images as u64, images as u64), "{prefix}");
         assert!(summary.failed.is_empty(), "{prefix}: {:?}", summary.failed);
 
@@ -437,46 +391,4 @@ impl Drop for KillOnDrop {
             let _ = child.wait();
         }
     }
-}
-
-/// The compose project's bucket, seen from the host.
-struct S3 {
-    store: Arc<dyn ObjectStore>,
-}
-
-impl S3 {
-    /// Every object under the folder `prefix`, as `(key, size)`.
-    fn list(&self, prefix: &str) -> Vec<(String, u64)> {
-        let folder = ObjectPath::parse(prefix).expect("object key");
-        let listing = self.store.list(Some(&folder)).map_ok(|meta| (meta.location.to_string(), meta.size));
-        block_on(listing.try_collect()).unwrap_or_else(|e| panic!("cannot list s3://{BUCKET}/{prefix}: {e}"))
-    }
-
-    fn get(&self, key: &str) -> Bytes {
-        let path = ObjectPath::parse(key).expect("object key");
-        block_on(async { self.store.get(&path).await?.bytes().await })
-            .unwrap_or_else(|e| panic!("cannot get s3://{BUCKET}/{key}: {e}"))
-    }
-}
-
-/// Each call on a runtime of its own: the store holds no connection between calls.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
-}
-
-/// The summary `fruits --json` prints as the last line of stdout.
-fn last_json_line(output: &Output) -> Summary {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let line =
-        stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_else(|| {
-            panic!("no JSON summary on stdout\nstderr:\n{}", String::from_utf8_lossy(&output.stderr))
-        });
-    parse_summary(line.as_bytes())
-}
-
-/// `n` random bytes as lowercase hex.
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0; n];
-    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

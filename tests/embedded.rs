@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use fruits_tests::*;
+use crate::support::*;
 
 fn model() -> String {
     model_path().display().to_string()

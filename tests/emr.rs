@@ -13,16 +13,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use fruits_tests::*;
-use object_store::aws::AmazonS3Builder;
-use object_store::path::Path as ObjectPath;
-use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
+
+use crate::support::docker::{docker, engine_or_skip};
+use crate::support::s3::{S3Account, S3Bucket};
+use crate::support::*;
 
 /// The simulated nodes' host names: what job-flow.json and the containers say.
 const MASTER_HOST: &str = "ip-10-0-0-10.ec2.internal";
@@ -33,7 +31,7 @@ const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[test]
 fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
-    if !docker_available() {
+    if !engine_or_skip("the EMR simulation test") {
         return;
     }
     let started = Instant::now();
@@ -102,7 +100,7 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
     assert!(summary["engine"].as_str().is_some_and(|e| e.contains("df://localhost:50050")), "{summary}");
 
     let s3 = sim.s3();
-    let Committed { manifest, rows } = read_committed_with(|name| s3.get(&format!("out/features/{name}")));
+    let Committed { manifest, rows } = read_committed_with(|name| s3.try_get(&format!("out/features/{name}")));
     assert_each_image_once(&rows, images as usize);
     assert!(rows.iter().all(|r| r.features.as_ref().is_some_and(|f| f.len() == 1280)), "every image featurized");
     assert!(rows.iter().all(|r| r.path.starts_with("s3://fruits/Test/")), "rows are the S3 images");
@@ -110,7 +108,7 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
         manifest.files.iter().map(|f| f.written_by.split(':').next().unwrap_or_default()).collect();
     assert_eq!(writers, CORE_HOSTS.into(), "both core nodes write features");
     for file in ["out/summary.json", "out/pca.png", "out/pca/part-00000.parquet"] {
-        assert!(s3.get(file).is_some_and(|b| !b.is_empty()), "s3://fruits/{file} is missing");
+        assert!(s3.try_get(file).is_some_and(|b| !b.is_empty()), "s3://fruits/{file} is missing");
     }
 
     // 4. An executor that dies is started again by systemd and registers again.
@@ -190,7 +188,7 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
         if kind == "container" {
             args.push("--all");
         }
-        let left = docker(&args);
+        let left = docker(&args, String::new);
         assert!(left.trim().is_empty(), "{kind}s left after down: {left}");
     }
     let _ = writeln!(
@@ -202,32 +200,6 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
         restart_time.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
-}
-
-/// Whether a Docker engine answers; if not, prints why the test is skipped, past the harness's
-/// capture so that it shows in a passing run.
-fn docker_available() -> bool {
-    let why = match Command::new("docker").args(["info", "--format", "{{.ServerVersion}}"]).output() {
-        Ok(output) if output.status.success() => return true,
-        Ok(output) => format!("no Docker engine (docker info: {})", String::from_utf8_lossy(&output.stderr).trim()),
-        Err(e) => format!("no Docker engine (cannot run docker: {e})"),
-    };
-    let line = "=".repeat(78);
-    let _ = writeln!(std::io::stderr(), "\n{line}\nSKIPPED: {why}: the EMR simulation test did not run\n{line}\n");
-    false
-}
-
-/// Runs a docker command that must succeed; returns its stdout.
-fn docker(args: &[&str]) -> String {
-    let output = Command::new("docker").args(args).stdin(Stdio::null()).output().expect("cannot run docker");
-    assert!(
-        output.status.success(),
-        "docker {}: {:?}\n{}",
-        args.join(" "),
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// One simulated cluster (`scripts/emr-sim.sh up`); dropping it runs `down`, so a failed assertion
@@ -361,17 +333,8 @@ impl Sim {
     }
 
     /// The simulation's bucket, through Garage's port published on the host.
-    fn s3(&self) -> S3 {
-        let store = AmazonS3Builder::new()
-            .with_endpoint(format!("http://127.0.0.1:{}", self.s3_port))
-            .with_allow_http(true)
-            .with_region("garage")
-            .with_bucket_name("fruits")
-            .with_access_key_id(&self.key_id)
-            .with_secret_access_key(&self.secret)
-            .build()
-            .expect("S3 client for the simulation's garage");
-        S3 { store: Arc::new(store) }
+    fn s3(&self) -> S3Bucket {
+        S3Account::garage_on_host_port(self.s3_port, &self.key_id, &self.secret).bucket("fruits")
     }
 }
 
@@ -389,27 +352,6 @@ fn script() -> Command {
     let mut command = Command::new(repo_root().join("scripts/emr-sim.sh"));
     command.stdin(Stdio::null());
     command
-}
-
-/// Bind mounts need clean absolute paths.
-fn canonical(path: &Path) -> PathBuf {
-    path.canonicalize().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-struct S3 {
-    store: Arc<dyn ObjectStore>,
-}
-
-impl S3 {
-    fn get(&self, key: &str) -> Option<Bytes> {
-        let path = ObjectPath::parse(key).expect("object key");
-        block_on(async { self.store.get(&path).await?.bytes().await }).ok()
-    }
-}
-
-/// Each call on a runtime of its own: the store holds no connection between calls.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
 }
 
 fn strings(list: &serde_json::Value) -> Vec<String> {

@@ -1,8 +1,8 @@
 //! Preprocessing reproduces the reference pipeline's pixels exactly: libjpeg decoding and
 //! Pillow's bicubic resize, checked against hashes Pillow produced for the same files.
 
-use fruits_tests::{Reference, sample_dir};
-use fruits_udfs::preprocess::{DecodeLimits, decode_rgb, resize_bicubic};
+use crate::support::{Reference, sample_dir};
+use fruits_udfs::{DecodeLimits, decode_rgb, resize_bicubic};
 use sha2::{Digest, Sha256};
 
 fn sha256(bytes: &[u8]) -> String {
@@ -25,6 +25,6 @@ fn decode_and_resize_match_pillow_bit_for_bit() {
 #[test]
 fn reference_was_made_with_the_shared_model() {
     let reference = Reference::load();
-    let model = std::fs::read(fruits_tests::model_path()).expect("model");
+    let model = std::fs::read(crate::support::model_path()).expect("model");
     assert_eq!(sha256(&model), reference.model_sha256);
 }

@@ -4,8 +4,8 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use fruits_tests::pca::{ReferencePca, largest_difference_up_to_sign, parse_projections};
-use fruits_tests::*;
+use crate::support::pca::{ReferencePca, largest_difference_up_to_sign, parse_projections};
+use crate::support::*;
 
 /// `pca/part-00000.parquet` of a local output.
 fn read_projections(output: &Path) -> HashMap<String, Vec<f64>> {

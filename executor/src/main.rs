@@ -5,6 +5,7 @@
 //! so a node with a missing or wrong model never receives a task.
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
@@ -29,8 +30,8 @@ struct Cli {
     model: ModelArgs,
 
     /// Threads of each inference session (default: the cores divided among the task slots).
-    #[arg(long, env = "FRUITS_INFERENCE_THREADS", value_parser = clap::value_parser!(u64).range(1..))]
-    inference_threads: Option<u64>,
+    #[arg(long, env = "FRUITS_INFERENCE_THREADS")]
+    inference_threads: Option<NonZeroUsize>,
 
     #[command(flatten)]
     s3: S3Args,
@@ -55,15 +56,15 @@ async fn main() -> Result<()> {
     };
     let mut parallelism = Parallelism::for_task_slots(config.vcores);
     if let Some(threads) = cli.inference_threads {
-        parallelism.threads_per_session = threads as usize;
+        parallelism = parallelism.with_threads_per_session(threads);
     }
     let featurizer = Featurizer::load(model, parallelism).context("cannot start the executor")?;
     log::info!(
         "model {} loaded: {} features, {} sessions x {} threads",
         featurizer.config().model_path.display(),
         featurizer.feature_dim(),
-        parallelism.sessions,
-        parallelism.threads_per_session
+        parallelism.sessions(),
+        parallelism.threads_per_session()
     );
     let backend = Backend::Model(Arc::new(featurizer));
 

@@ -9,7 +9,7 @@ use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use ballista_core::config::BALLISTA_STANDALONE_PARALLELISM;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use fruits_process::ModelArgs;
-use fruits_udfs::{Backend, Featurizer, IMAGES_TABLE, ImagesTable, ObjectStores, Parallelism, ScanOptions};
+use fruits_udfs::{Backend, Featurizer, IMAGES_TABLE, ImagesTable, ObjectStores, Parallelism, ScanOptions, is_url};
 use url::Url;
 
 use crate::cli::EngineArgs;
@@ -140,8 +140,7 @@ fn scheduler_address(scheduler: &str) -> Result<String> {
 
 /// A local input that does not exist would list as empty; say so instead.
 fn check_local_input(input: &str) -> Result<()> {
-    let is_url = input.contains("://");
-    if !is_url {
+    if !is_url(input) {
         let path = std::path::Path::new(input);
         anyhow::ensure!(path.is_dir(), "input folder {} does not exist or is not a folder", path.display());
     }

@@ -1,15 +1,18 @@
-//! `fruits`: the client. Runs the featurize job and ad-hoc SQL on DataFusion Ballista.
+//! `fruits`: the client. Runs the featurize job, ad-hoc SQL and the PCA on DataFusion Ballista.
+//!
+//! Read top-down: [`cli`] holds the options, [`commands`] one pipeline per command, and the
+//! other modules the parts those pipelines are made of (the engine, the featurize job, the
+//! reader of committed features, the PCA stage, the summary, progress, transfers).
 
-mod bench;
 mod cli;
-mod download;
+mod commands;
+mod committed;
 mod engine;
-mod job;
-mod output;
-mod pca;
+mod featurize;
+mod pca_stage;
 mod progress;
-mod sql;
-mod upload;
+mod summary;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -17,10 +20,6 @@ use anyhow::{Result, bail};
 use clap::Parser;
 
 use cli::{Cli, Command};
-use datafusion::prelude::{SessionConfig, SessionContext};
-use engine::Engine;
-use fruits_udfs::{Backend, ObjectStores};
-use output::{OutputDir, to_json};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -48,67 +47,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs the command; with `--json`, prints its summary as one line.
 async fn dispatch(cli: Cli) -> Result<()> {
     // Text for people on stdout unless asked for silence or for JSON.
     let text = !cli.quiet && !cli.json;
-    if cli.json && !matches!(cli.command, Command::Run(_) | Command::Pca(_)) {
-        bail!("--json is supported by `fruits run` and `fruits pca`");
-    }
-    match cli.command {
-        Command::Run(args) => {
-            let engine = Engine::start(&args.engine, &args.model).await?;
-            engine.register_images(&args.input.input, args.input.scan_options())?;
-            let pca_options = args.pca.options();
-            let pca_mode = (!args.no_pca).then_some(pca_options.mode);
-            let job::Outcome { mut summary, moments } =
-                job::run(&engine, &args.input.input, &args.output, pca_mode, cli.quiet).await?;
-            if text {
-                job::print_summary(&summary);
-            }
-            if !args.no_pca {
-                let output = OutputDir::resolve(&args.output, &engine.ctx.runtime_env())?;
-                let features = output.child_url(job::FEATURES_DIR);
-                let pca = pca::run(&engine.ctx, &features, &output, pca_options, moments).await?;
-                if text {
-                    pca::print_summary(&pca);
-                }
-                summary.pca = Some(pca);
-                output.put(job::SUMMARY_FILE, to_json(&summary)?).await?;
-            }
-            if cli.json {
-                println!("{}", serde_json::to_string(&summary)?);
-            }
-        }
+    let summary = match &cli.command {
+        Command::Run(args) => Some(serde_json::to_value(commands::run::run(args, text, cli.quiet).await?)?),
+        Command::Pca(args) => Some(commands::pca::run(args, text).await?),
+        _ if cli.json => bail!("--json is supported by `fruits run` and `fruits pca`"),
         Command::Sql(args) => {
-            let engine = Engine::start(&args.engine, &args.model).await?;
-            engine.register_images(&args.input.input, args.input.scan_options())?;
-            sql::run(&engine, &args.query, args.output.as_deref()).await?;
+            commands::sql::run(args).await?;
+            None
         }
-        Command::Bench(args) => bench::run(&args).await?,
-        Command::Upload(args) => upload::run(&args, cli.quiet).await?,
-        Command::Download(args) => download::run(&args, cli.quiet).await?,
-        Command::Pca(args) => {
-            let ctx = SessionContext::new_with_config_rt(
-                SessionConfig::new(),
-                ObjectStores::new(args.s3.options()).runtime_env()?,
-            );
-            fruits_udfs::register(&ctx, &Backend::PlanningOnly);
-            let output = OutputDir::parent_of(&args.features, &ctx.runtime_env())?;
-            let pca = pca::run(&ctx, &args.features, &output, args.pca.options(), None).await?;
-            if text {
-                pca::print_summary(&pca);
-            }
-            // The run's summary gains (or replaces) its `pca` part.
-            let mut summary = match output.get(job::SUMMARY_FILE).await? {
-                Some(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|_| serde_json::json!({})),
-                None => serde_json::json!({}),
-            };
-            summary["pca"] = serde_json::to_value(&pca)?;
-            output.put(job::SUMMARY_FILE, to_json(&summary)?).await?;
-            if cli.json {
-                println!("{}", serde_json::to_string(&summary)?);
-            }
+        Command::Bench(args) => {
+            commands::bench::run(args).await?;
+            None
         }
+        Command::Upload(args) => {
+            commands::upload::run(args, cli.quiet).await?;
+            None
+        }
+        Command::Download(args) => {
+            commands::download::run(args, cli.quiet).await?;
+            None
+        }
+    };
+    if let (true, Some(summary)) = (cli.json, summary) {
+        println!("{}", serde_json::to_string(&summary)?);
     }
     Ok(())
 }

@@ -11,6 +11,8 @@
 mod moments;
 mod pca;
 mod plot;
+#[cfg(test)]
+mod reference_tests;
 
 pub use moments::Moments;
 pub use pca::Pca;

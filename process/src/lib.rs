@@ -7,9 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fruits_udfs::model::ORT_LIBRARY_ENV;
-use fruits_udfs::preprocess::{InputSpec, Layout, Scaling};
-use fruits_udfs::{ModelConfig, S3Options};
+use fruits_udfs::{InputSpec, Layout, ModelConfig, ORT_LIBRARY_ENV, S3Options, Scaling};
 
 /// The embedding model and how to feed it.
 #[derive(Debug, Clone, Args)]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
 
-use crate::{binary, free_port, model_path};
+use super::{binary, free_port, model_path};
 
 /// How long processes may take to come up and register.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);

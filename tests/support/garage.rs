@@ -1,4 +1,4 @@
-//! A throwaway single-node Garage S3 server for tests, and a small blocking S3 client for it.
+//! A throwaway single-node Garage S3 server for tests, reached with the [`super::s3`] client.
 //!
 //! Each [`Garage`] is its own server: own temporary folder, own loopback ports, own credentials,
 //! so tests that start one can run in parallel. It is killed when the value is dropped.
@@ -13,20 +13,16 @@
 //! The binary comes from `scripts/setup-garage.sh` (`make setup-s3`); `FRUITS_GARAGE` overrides.
 
 use std::fs::{self, File};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures::{StreamExt, TryStreamExt};
-use object_store::aws::AmazonS3Builder;
-use object_store::path::Path as ObjectPath;
-use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use tempfile::TempDir;
 
-use crate::free_port;
+use super::free_port;
+use super::s3::{S3Account, S3Bucket, block_on, random_hex};
 
 /// The region Garage is configured with; S3 signatures must name it.
 pub const REGION: &str = "garage";
@@ -40,15 +36,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How Garage reports a port it could not bind (the OS's text for EADDRINUSE).
 const ADDRESS_IN_USE: &str = "Address already in use";
 
-/// Uploads in flight at once in [`Garage::upload_dir`].
-const UPLOAD_CONCURRENCY: usize = 32;
-
 /// A running single-node Garage with one bucket and one access key that may do anything with it
 /// (and create more buckets).
 pub struct Garage {
-    binary: PathBuf,
-    config: PathBuf,
-    log: PathBuf,
     child: Child,
     ports: Ports,
     credentials: Credentials,
@@ -91,29 +81,7 @@ impl Garage {
                 Err(why) => panic!("garage did not start (config {}): {why}", config.display()),
             }
         };
-        Garage { binary, config, log, child, ports, credentials, _dir: dir }
-    }
-
-    /// Creates another bucket that the access key may read, write and administer.
-    pub fn create_bucket(&self, name: &str) {
-        self.admin(&["bucket", "create", name]);
-        let key = &self.credentials.access_key_id;
-        self.admin(&["bucket", "allow", "--read", "--write", "--owner", "--key", key, name]);
-    }
-
-    /// Runs `garage -c <config> <args>` against this server and returns what it printed;
-    /// panics if it fails.
-    pub fn admin(&self, args: &[&str]) -> String {
-        let output = garage_command(&self.binary, &self.config).args(args).output().expect("cannot run garage");
-        assert!(
-            output.status.success(),
-            "garage {} failed ({}):\n{}{}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        Garage { child, ports, credentials, _dir: dir }
     }
 
     /// The S3 endpoint, `http://127.0.0.1:<port>` (path-style addressing).
@@ -121,31 +89,9 @@ impl Garage {
         self.ports.s3_endpoint()
     }
 
-    /// The admin API, `http://127.0.0.1:<port>`: `/health` and `/metrics` need no token.
-    pub fn admin_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.ports.admin)
-    }
-
-    pub fn region(&self) -> &str {
-        REGION
-    }
-
-    pub fn access_key_id(&self) -> &str {
-        &self.credentials.access_key_id
-    }
-
-    pub fn secret_access_key(&self) -> &str {
-        &self.credentials.secret_access_key
-    }
-
     /// The bucket created at start.
     pub fn bucket(&self) -> &str {
         &self.credentials.bucket
-    }
-
-    /// The server's log (stdout and stderr), for a test to show when something goes wrong.
-    pub fn log_path(&self) -> &Path {
-        &self.log
     }
 
     /// The variables with which `AmazonS3Builder::from_env` (and so a `fruits` binary) reaches
@@ -177,60 +123,29 @@ impl Garage {
         command.envs(self.env())
     }
 
-    /// An object store on `bucket` of this server. Use it inside a Tokio runtime; it holds no
-    /// connection until first used.
-    pub fn store(&self, bucket: &str) -> Arc<dyn ObjectStore> {
-        let store = s3_builder(&self.endpoint(), &self.credentials, bucket, ClientOptions::new());
-        Arc::new(store.build().expect("S3 client for garage"))
+    /// Where the server is, with the key of this test.
+    pub fn account(&self) -> S3Account {
+        self.credentials.account(&self.endpoint())
+    }
+
+    fn bucket_client(&self, bucket: &str) -> S3Bucket {
+        self.account().bucket(bucket)
     }
 
     /// Uploads every file under `local_dir`, recursively, to `bucket` as `<prefix>/<relative
     /// path>` (just the relative path if `prefix` is empty); returns how many.
     pub fn upload_dir(&self, local_dir: &Path, bucket: &str, prefix: &str) -> usize {
-        let mut files = Vec::new();
-        collect_files(local_dir, &mut files);
-        let store = self.store(bucket);
-        let uploads = files.into_iter().map(|file| {
-            let relative = file.strip_prefix(local_dir).expect("file under local_dir");
-            let relative: Vec<_> = relative.iter().map(|part| part.to_str().expect("UTF-8 file name")).collect();
-            let key = join_key(prefix, &relative.join("/"));
-            let store = Arc::clone(&store);
-            async move {
-                let content = fs::read(&file).unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
-                store.put(&object_path(&key), PutPayload::from(content)).await.map(|_| ())
-            }
-        });
-        let count = futures::stream::iter(uploads)
-            .buffer_unordered(UPLOAD_CONCURRENCY)
-            .try_fold(0, |n, ()| async move { Ok(n + 1) });
-        block_on(count)
-            .unwrap_or_else(|e| panic!("upload of {} to s3://{bucket}/{prefix} failed: {e}", local_dir.display()))
+        self.bucket_client(bucket).upload_dir(local_dir, prefix)
     }
 
-    /// Writes one object.
-    pub fn put(&self, bucket: &str, key: &str, content: impl Into<Bytes>) {
-        let store = self.store(bucket);
-        block_on(store.put(&object_path(key), PutPayload::from_bytes(content.into())))
-            .unwrap_or_else(|e| panic!("cannot put s3://{bucket}/{key}: {e}"));
-    }
-
-    /// Every object under `prefix` (a folder: `a/b` matches `a/b/c`, not `a/bc`), as
-    /// `(key, size)` sorted by key.
+    /// Every object under the folder `prefix`, as `(key, size)` sorted by key.
     pub fn list(&self, bucket: &str, prefix: &str) -> Vec<(String, u64)> {
-        let store = self.store(bucket);
-        let folder = (!prefix.is_empty()).then(|| object_path(prefix));
-        let listing = store.list(folder.as_ref()).map_ok(|meta| (meta.location.to_string(), meta.size));
-        let mut objects: Vec<(String, u64)> =
-            block_on(listing.try_collect()).unwrap_or_else(|e| panic!("cannot list s3://{bucket}/{prefix}: {e}"));
-        objects.sort();
-        objects
+        self.bucket_client(bucket).list(prefix)
     }
 
-    /// The content of one object.
+    /// The content of one object, which must exist.
     pub fn get(&self, bucket: &str, key: &str) -> Bytes {
-        let store = self.store(bucket);
-        block_on(async { store.get(&object_path(key)).await?.bytes().await })
-            .unwrap_or_else(|e| panic!("cannot get s3://{bucket}/{key}: {e}"))
+        self.bucket_client(bucket).get(key)
     }
 
     /// Stops the server now (a test of what happens when S3 goes away); dropping does it too.
@@ -333,15 +248,15 @@ struct Credentials {
     bucket: String,
 }
 
-fn s3_builder(endpoint: &str, credentials: &Credentials, bucket: &str, client: ClientOptions) -> AmazonS3Builder {
-    AmazonS3Builder::new()
-        .with_client_options(client.with_allow_http(true))
-        .with_endpoint(endpoint)
-        .with_region(REGION)
-        .with_access_key_id(&credentials.access_key_id)
-        .with_secret_access_key(&credentials.secret_access_key)
-        .with_bucket_name(bucket)
-        .with_virtual_hosted_style_request(false)
+impl Credentials {
+    fn account(&self, endpoint: &str) -> S3Account {
+        S3Account {
+            endpoint: endpoint.to_owned(),
+            region: REGION.to_owned(),
+            access_key_id: self.access_key_id.clone(),
+            secret_access_key: self.secret_access_key.clone(),
+        }
+    }
 }
 
 /// Starts the server in Garage's single-node mode: before it answers RPC it gives itself the
@@ -390,7 +305,7 @@ fn wait_until_answering(
             // No retries: this loop is the retry, and it keeps to the deadline.
             let retry = RetryConfig { max_retries: 0, ..RetryConfig::default() };
             let client = ClientOptions::new().with_timeout(PROBE_TIMEOUT);
-            let store = s3_builder(endpoint, credentials, &credentials.bucket, client).with_retry(retry);
+            let store = credentials.account(endpoint).builder(&credentials.bucket, client).with_retry(retry);
             match block_on(store.build().expect("S3 client for garage").list_with_delimiter(None)) {
                 Ok(_) => return Ok(child),
                 Err(e) if Instant::now() > deadline => break format!("S3 at {endpoint} fails: {e}"),
@@ -433,42 +348,4 @@ fn log_tail(log: &Path) -> String {
     let text = text.split("\nBACKTRACE:").next().unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-/// `n` random bytes as lowercase hex (the RPC secret is 32 of them).
-fn random_hex(n: usize) -> String {
-    let mut bytes = vec![0; n];
-    File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("read /dev/urandom");
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Keys are used exactly as given (`Path::from` would percent-encode some characters).
-fn object_path(key: &str) -> ObjectPath {
-    ObjectPath::parse(key).unwrap_or_else(|e| panic!("{key:?} is not a valid object key: {e}"))
-}
-
-fn join_key(prefix: &str, relative: &str) -> String {
-    match prefix.trim_matches('/') {
-        "" => relative.to_owned(),
-        prefix => format!("{prefix}/{relative}"),
-    }
-}
-
-fn collect_files(dir: &Path, files: &mut Vec<PathBuf>) {
-    let entries = fs::read_dir(dir).unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()));
-    for entry in entries {
-        let path = entry.expect("directory entry").path();
-        if path.is_dir() {
-            collect_files(&path, files);
-        } else {
-            files.push(path);
-        }
-    }
-}
-
-/// Runs `future` on a runtime of its own, so these helpers can be called from plain `#[test]`s.
-/// Each call builds its own client too: a client's pooled connections belong to the runtime
-/// that opened them.
-fn block_on<F: std::future::Future>(future: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime").block_on(future)
 }

@@ -9,7 +9,7 @@ use datafusion::arrow::datatypes::Float64Type;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::Deserialize;
 
-use crate::{label_and_file, repo_root};
+use super::{label_and_file, repo_root};
 
 #[derive(Debug, Deserialize)]
 pub struct ReferencePca {

@@ -1,16 +1,21 @@
 //! Everything a fruits process needs to run `SELECT path, label, featurize(content) FROM images`
 //! on DataFusion Ballista: the `images` table, the `featurize` UDFs, the model runtime behind
-//! them, the committed features write, object stores and the plan codecs. The client, the scheduler and the executors all register the same
-//! pieces through this crate, so a plan written on one is understood by the others.
+//! them, the committed features write, object stores and the plan codecs. The client, the
+//! scheduler and the executors all register the same pieces through this crate, so a plan
+//! written on one is understood by the others.
+//!
+//! The modules are private; what other crates use is re-exported here, once, so every public
+//! item has one path.
 
-pub mod codec;
-pub mod model;
-pub mod moments;
-pub mod preprocess;
-pub mod sink;
-pub mod store;
-pub mod table;
-pub mod udf;
+mod codec;
+mod location;
+mod model;
+mod moments;
+mod preprocess;
+mod sink;
+mod store;
+mod table;
+mod udf;
 
 use std::sync::Arc;
 
@@ -20,12 +25,16 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{FruitsLogicalCodec, FruitsPhysicalCodec};
-pub use model::{Featurizer, ModelConfig, ModelError, Parallelism};
-pub use moments::{FEATURE_MOMENTS, FeatureMoments, MERGE_FEATURE_MOMENTS, MomentsAccumulator, decode_moments};
-pub use sink::{FeaturesDir, FruitsQueryPlanner, Manifest, WriteFeatures};
+pub use location::{Location, StoreError, UPLOAD_PART_SIZE, is_url};
+pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism};
+pub use moments::{FEATURE_MOMENTS, MERGE_FEATURE_MOMENTS, decode_moments, encode_moments};
+pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
+pub use sink::{
+    CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, WriteFeatures, WriteResult, parquet_writer_properties,
+};
 pub use store::{ObjectStores, S3Options};
-pub use table::{IMAGES_TABLE, ImagesTable, ScanOptions};
-pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, Featurize};
+pub use table::{IMAGES_TABLE, ImageFile, ImagesTable, ScanOptions, list_images};
+pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, NO_CONTENT};
 
 /// `config` with the fruits plan codecs installed for Ballista, so that the `images` table and
 /// its scan can be sent to the scheduler and executors.
@@ -41,10 +50,10 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
 /// Ballista's `standalone_with_state`/`remote_with_state` rebuild the session state and drop
 /// functions registered before, so call this on the context they return as well.
 pub fn register(ctx: &SessionContext, backend: &Backend) {
-    for udf in Featurize::udfs(backend) {
+    for udf in udf::Featurize::udfs(backend) {
         ctx.register_udf(udf);
     }
-    for udaf in FeatureMoments::udafs() {
+    for udaf in moments::FeatureMoments::udafs() {
         ctx.register_udaf(udaf);
     }
 }
@@ -57,7 +66,7 @@ pub fn session_state(config: SessionConfig, runtime: Arc<RuntimeEnv>, backend: &
         .with_config(with_codecs(config))
         .with_runtime_env(runtime)
         .with_default_features()
-        .with_query_planner(Arc::new(FruitsQueryPlanner))
+        .with_query_planner(Arc::new(sink::FruitsQueryPlanner))
         .build();
     let ctx = SessionContext::new_with_state(state);
     register(&ctx, backend);

@@ -44,7 +44,7 @@ pub fn decode_moments(bytes: &[u8]) -> Result<Moments, PcaError> {
 /// Accumulates [`Moments`] from feature lists or from encoded states; what the aggregate
 /// functions and the features write use alike.
 #[derive(Debug, Default)]
-pub struct MomentsAccumulator {
+pub(crate) struct MomentsAccumulator {
     moments: Option<Moments>,
     /// Rows not added yet, row-major.
     pending: Vec<f32>,
@@ -147,24 +147,29 @@ enum Input {
 /// The aggregate behind [`FEATURE_MOMENTS`] and [`MERGE_FEATURE_MOMENTS`]; both return the
 /// encoded state (Binary, NULL over no rows), which [`decode_moments`] reads.
 #[derive(Debug, PartialEq, Eq, Hash)]
-pub struct FeatureMoments {
+pub(crate) struct FeatureMoments {
     input: Input,
     signature: Signature,
 }
 
 impl FeatureMoments {
     /// Both aggregates.
-    pub fn udafs() -> [AggregateUDF; 2] {
+    pub(crate) fn udafs() -> [AggregateUDF; 2] {
         [
             AggregateUDF::new_from_impl(Self {
                 input: Input::Features,
                 signature: Signature::exact(vec![features_type()], Volatility::Immutable),
             }),
-            AggregateUDF::new_from_impl(Self {
-                input: Input::States,
-                signature: Signature::exact(vec![DataType::Binary], Volatility::Immutable),
-            }),
+            Self::merge(),
         ]
+    }
+
+    /// [`MERGE_FEATURE_MOMENTS`].
+    pub(crate) fn merge() -> AggregateUDF {
+        AggregateUDF::new_from_impl(Self {
+            input: Input::States,
+            signature: Signature::exact(vec![DataType::Binary], Volatility::Immutable),
+        })
     }
 }
 

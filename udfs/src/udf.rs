@@ -55,7 +55,7 @@ pub enum Backend {
 
 /// The scalar UDF behind both functions.
 #[derive(Debug)]
-pub struct Featurize {
+pub(crate) struct Featurize {
     output: Output,
     backend: Backend,
     signature: Signature,
@@ -72,7 +72,7 @@ impl Featurize {
     }
 
     /// Both functions, on `backend`.
-    pub fn udfs(backend: &Backend) -> [ScalarUDF; 2] {
+    pub(crate) fn udfs(backend: &Backend) -> [ScalarUDF; 2] {
         [
             ScalarUDF::new_from_impl(Self::new(Output::Features, backend.clone())),
             ScalarUDF::new_from_impl(Self::new(Output::FeaturesOrError, backend.clone())),

@@ -3,6 +3,7 @@
 mod pool;
 mod runtime;
 
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,7 +13,8 @@ use ort::value::{TensorElementType, TensorRef, ValueType};
 
 use crate::preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, preprocess_into};
 use pool::SessionPool;
-pub use runtime::{ORT_LIBRARY_ENV, ORT_VERSION, locate_library};
+use runtime::locate_library;
+pub use runtime::{ORT_LIBRARY_ENV, ORT_VERSION};
 
 /// Errors of the model runtime. Unlike a bad image, these stop the job: they mean the
 /// process cannot featurize anything.
@@ -65,20 +67,39 @@ impl ModelConfig {
     }
 }
 
-/// How many sessions to keep and how many threads each may use.
+/// How many sessions to keep and how many threads each may use; both at least one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Parallelism {
-    pub sessions: usize,
-    pub threads_per_session: usize,
+    sessions: NonZeroUsize,
+    threads_per_session: NonZeroUsize,
 }
 
 impl Parallelism {
-    /// One session per task slot, the machine's cores shared between them: tasks featurize
-    /// their own batches side by side, which beats one session with many threads.
+    pub fn new(sessions: NonZeroUsize, threads_per_session: NonZeroUsize) -> Self {
+        Self { sessions, threads_per_session }
+    }
+
+    /// One session per task slot (at least one), the machine's cores shared between them:
+    /// tasks featurize their own batches side by side, which beats one session with many
+    /// threads.
     pub fn for_task_slots(slots: usize) -> Self {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let sessions = slots.max(1);
-        Self { sessions, threads_per_session: (cores / sessions).max(1) }
+        let sessions = NonZeroUsize::new(slots).unwrap_or(NonZeroUsize::MIN);
+        let threads = NonZeroUsize::new(cores / sessions.get()).unwrap_or(NonZeroUsize::MIN);
+        Self::new(sessions, threads)
+    }
+
+    /// The same sessions, each with `threads` threads.
+    pub fn with_threads_per_session(self, threads: NonZeroUsize) -> Self {
+        Self { threads_per_session: threads, ..self }
+    }
+
+    pub fn sessions(&self) -> usize {
+        self.sessions.get()
+    }
+
+    pub fn threads_per_session(&self) -> usize {
+        self.threads_per_session.get()
     }
 }
 
@@ -112,11 +133,11 @@ impl Featurizer {
         }
         let load_error =
             |e: ort::Error| ModelError::ModelLoad { path: config.model_path.clone(), message: e.to_string() };
-        let mut sessions = Vec::with_capacity(parallelism.sessions);
-        for _ in 0..parallelism.sessions {
+        let mut sessions = Vec::with_capacity(parallelism.sessions());
+        for _ in 0..parallelism.sessions() {
             let session = Session::builder(environment)
                 .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
-                .and_then(|b| b.with_intra_threads(parallelism.threads_per_session).map_err(Into::into))
+                .and_then(|b| b.with_intra_threads(parallelism.threads_per_session()).map_err(Into::into))
                 .and_then(|b| b.with_inter_threads(1).map_err(Into::into))
                 .and_then(|mut b| b.commit_from_file(&config.model_path))
                 .map_err(load_error)?;
@@ -126,8 +147,8 @@ impl Featurizer {
         log::info!(
             "loaded {} ({} sessions x {} threads, {} features) with ONNX Runtime {}",
             config.model_path.display(),
-            parallelism.sessions,
-            parallelism.threads_per_session,
+            parallelism.sessions(),
+            parallelism.threads_per_session(),
             feature_dim,
             library.display()
         );
@@ -179,6 +200,13 @@ impl Featurizer {
             self.images_seen.fetch_add(chunk.len() as u64, Ordering::Relaxed);
         }
         Ok(results)
+    }
+
+    /// Decodes, resizes and scales one image into `out` ([`InputSpec::values_per_image`]
+    /// floats) the way [`Self::featurize`] does; with [`Self::infer`], what `fruits bench` times
+    /// separately.
+    pub fn preprocess_into(&self, bytes: &[u8], out: &mut [f32]) -> Result<(), DecodeError> {
+        preprocess_into(bytes, &self.config.limits, &self.config.input, out)
     }
 
     /// Runs the model on `n` preprocessed images laid out as the input spec says; returns

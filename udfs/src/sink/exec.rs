@@ -10,8 +10,6 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::parquet::arrow::AsyncArrowWriter;
-use datafusion::parquet::basic::{Compression, ZstdLevel};
-use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -20,14 +18,10 @@ use datafusion::physical_plan::{
     ReplaceChildrenOptions,
 };
 use futures::StreamExt;
-use object_store::buffered::BufWriter;
-use object_store::path::Path;
 
-use super::{UPLOAD_BUFFER, features_schema, write_report_schema};
+use super::{features_schema, parquet_writer_properties, write_report_schema};
+use crate::location::{Location, write_error};
 use crate::moments::MomentsAccumulator;
-
-/// Rows per row group (about 5 MB of features): readers can skip and parallelise.
-const ROWS_PER_GROUP: usize = 1024;
 
 /// Writes each input partition (`path`, `label`, `result{features, error}`) to
 /// `<output>/part-<run>-<attempt>.parquet` and reports `(file, rows, failed, written_by,
@@ -131,28 +125,26 @@ impl ExecutionPlan for FeaturesSinkExec {
             return internal_err!("FeaturesSinkExec has no partition {partition}");
         }
         let input = self.input.execute(partition, Arc::clone(&context))?;
-        let url = ListingTableUrl::parse(&self.output)?;
-        let store = context.runtime_env().object_store(url.object_store())?;
+        let folder = Location::parse(&self.output, &context.runtime_env())?;
         let name = format!("part-{}-{}.parquet", self.run_id, attempt_id());
-        let path = url.prefix().clone().join(name);
         let moments = self.moments.then(MomentsAccumulator::default);
-        let write = write_partition(input, store, path, moments);
+        let write = write_partition(input, folder, name, moments);
         Ok(Box::pin(RecordBatchStreamAdapter::new(write_report_schema(), futures::stream::once(write))))
     }
 }
 
+/// Streams one partition into `folder/name`; a failure of the upload that may pass (see
+/// [`write_error`]) is an I/O error, so Ballista retries the task, which then writes a file of
+/// its own name.
 async fn write_partition(
     mut input: SendableRecordBatchStream,
-    store: Arc<dyn object_store::ObjectStore>,
-    path: Path,
+    folder: Location,
+    name: String,
     mut moments: Option<MomentsAccumulator>,
 ) -> Result<RecordBatch> {
-    let properties = WriterProperties::builder()
-        .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
-        .build();
-    let upload = BufWriter::with_capacity(store, path.clone(), UPLOAD_BUFFER);
-    let mut writer = AsyncArrowWriter::try_new(upload, features_schema(), Some(properties))?;
+    let url = folder.child_url(&name);
+    let upload = folder.upload(&name);
+    let mut writer = AsyncArrowWriter::try_new(upload, features_schema(), Some(parquet_writer_properties()))?;
     let (mut rows, mut failed, mut first_path) = (0u64, 0u64, None);
     while let Some(batch) = input.next().await {
         let batch = flatten(&batch?)?;
@@ -168,11 +160,11 @@ async fn write_partition(
                 batch.column(2).as_list_opt::<i32>().ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
             moments.add_features(features)?;
         }
-        writer.write(&batch).await?;
+        writer.write(&batch).await.map_err(|e| write_error(format!("cannot write {url}"), e))?;
     }
     // An attempt that fails before this point never completes its upload, so it leaves no
     // object behind (or, on a local disk, a file that the commit's clean-up removes).
-    writer.close().await.map_err(|e| exec_datafusion_err!("cannot write {path}: {e}"))?;
+    writer.close().await.map_err(|e| write_error(format!("cannot write {url}"), e))?;
     let moments = match &mut moments {
         Some(moments) => moments.finish()?,
         None => None,
@@ -180,7 +172,7 @@ async fn write_partition(
     let report = RecordBatch::try_new(
         write_report_schema(),
         vec![
-            Arc::new(StringArray::from(vec![path.filename().unwrap_or_default().to_owned()])),
+            Arc::new(StringArray::from(vec![name])),
             Arc::new(UInt64Array::from(vec![rows])),
             Arc::new(UInt64Array::from(vec![failed])),
             Arc::new(StringArray::from(vec![process_name().to_owned()])),

@@ -1,25 +1,24 @@
 //! The commit: the `_SUCCESS` manifest of a features folder, the only thing readers trust.
 
 use std::collections::HashSet;
-use std::sync::Arc;
 
+use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::common::exec_datafusion_err;
-use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::{DataFusionError, Result};
-use datafusion::execution::runtime_env::RuntimeEnv;
-use futures::TryStreamExt;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload};
 use serde::{Deserialize, Serialize};
 
 use super::write_report_schema;
+use crate::location::Location;
 
 /// Name of the manifest inside the features folder.
 pub const MANIFEST_FILE: &str = "_SUCCESS";
 /// Written into every manifest, so a reader can refuse a layout it does not know.
 pub const MANIFEST_FORMAT: &str = "fruits-features/1";
+/// Written and removed by [`FeaturesDir::begin`] to check that the folder can be written.
+const WRITE_CHECK_FILE: &str = "_write_check";
 
 /// The committed result of a run: every file of it, with its row counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -98,107 +97,81 @@ impl Manifest {
 /// A features folder (`OUTPUT/features/`) in a local or remote store.
 #[derive(Debug, Clone)]
 pub struct FeaturesDir {
-    url: ListingTableUrl,
-    store: Arc<dyn ObjectStore>,
+    location: Location,
 }
 
 impl FeaturesDir {
-    /// `url` is the folder's URL, e.g. `s3://bucket/out/features/`; the store comes from
-    /// `runtime`'s registry.
-    pub fn open(runtime: &RuntimeEnv, url: &str) -> Result<Self> {
-        let url = ListingTableUrl::parse(url)?;
-        let store = runtime.object_store(url.object_store())?;
-        Ok(Self { url, store })
+    pub fn new(location: Location) -> Self {
+        Self { location }
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     pub fn url(&self) -> &str {
-        self.url.as_str()
+        self.location.url()
     }
 
     /// The URL of a file in the folder.
     pub fn file_url(&self, file: &str) -> String {
-        format!("{}/{file}", self.url.as_str().trim_end_matches('/'))
-    }
-
-    fn path(&self, file: &str) -> Path {
-        self.url.prefix().clone().join(file)
+        self.location.child_url(file)
     }
 
     /// Starts a run: checks that the folder can be written (so a wrong bucket or missing
     /// permission fails here, not in every task), then withdraws the previous manifest, so that
     /// if this run fails, no reader takes the folder for a finished result.
     pub async fn begin(&self) -> Result<()> {
-        let probe = self.path("_write_check");
-        self.store.put(&probe, PutPayload::from_static(b"fruits")).await.map_err(|e| self.error("cannot write", e))?;
-        self.store.delete(&probe).await.map_err(|e| self.error("cannot delete", e))?;
-        match self.store.delete(&self.path(MANIFEST_FILE)).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.error("cannot remove the previous manifest", e)),
-        }
+        let check = async {
+            self.location.put(WRITE_CHECK_FILE, Bytes::from_static(b"fruits")).await?;
+            self.location.delete(WRITE_CHECK_FILE).await
+        };
+        check.await.map_err(|e| DataFusionError::from(e).context(format!("cannot write in {}", self.url())))?;
+        self.location.delete(MANIFEST_FILE).await?;
+        Ok(())
     }
 
     /// Publishes `manifest`, then deletes every other file of the folder (earlier runs, failed
     /// attempts). Returns how many were deleted.
     pub async fn commit(&self, manifest: &Manifest) -> Result<usize> {
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| DataFusionError::External(Box::new(e)))?;
-        self.store
-            .put(&self.path(MANIFEST_FILE), PutPayload::from(json))
-            .await
-            .map_err(|e| self.error("cannot write the manifest", e))?;
+        self.location.put(MANIFEST_FILE, json).await?;
 
         let keep: HashSet<&str> =
             manifest.files.iter().map(|f| f.file.as_str()).chain(std::iter::once(MANIFEST_FILE)).collect();
         let stale: Vec<Path> = self
+            .location
             .list()
             .await?
             .into_iter()
-            .filter(|path| !path.filename().is_some_and(|name| keep.contains(name)) || self.is_nested(path))
+            .map(|meta| meta.location)
+            .filter(|path| match self.location.relative_name(path) {
+                // Nested objects are never written by a run.
+                Some(name) => name.contains('/') || !keep.contains(name.as_str()),
+                None => false,
+            })
             .collect();
         for path in &stale {
-            match self.store.delete(path).await {
-                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                Err(e) => return Err(self.error(&format!("cannot delete stale file {path}"), e)),
-            }
+            self.location.delete_path(path).await?;
         }
         Ok(stale.len())
     }
 
     /// The committed manifest, or `None` if the folder holds no finished run.
     pub async fn manifest(&self) -> Result<Option<Manifest>> {
-        let bytes = match self.store.get(&self.path(MANIFEST_FILE)).await {
-            Ok(result) => result.bytes().await.map_err(|e| self.error("cannot read the manifest", e))?,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
-            Err(e) => return Err(self.error("cannot read the manifest", e)),
+        let Some(bytes) = self.location.get(MANIFEST_FILE).await? else {
+            return Ok(None);
         };
+        let url = self.url();
         let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| exec_datafusion_err!("{}{MANIFEST_FILE} is not a fruits manifest: {e}", self.url))?;
+            .map_err(|e| exec_datafusion_err!("{url}{MANIFEST_FILE} is not a fruits manifest: {e}"))?;
         if manifest.format != MANIFEST_FORMAT {
             return Err(exec_datafusion_err!(
-                "{}{MANIFEST_FILE} has format {}, this fruits reads {MANIFEST_FORMAT}",
-                self.url,
+                "{url}{MANIFEST_FILE} has format {}, this fruits reads {MANIFEST_FORMAT}",
                 manifest.format
             ));
         }
         Ok(Some(manifest))
-    }
-
-    /// Every object under the folder.
-    async fn list(&self) -> Result<Vec<Path>> {
-        let prefix = self.url.prefix();
-        match self.store.list(Some(prefix)).map_ok(|meta| meta.location).try_collect().await {
-            Ok(paths) => Ok(paths),
-            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-            Err(e) => Err(self.error("cannot list", e)),
-        }
-    }
-
-    /// True for objects in sub-folders, which a run never writes.
-    fn is_nested(&self, path: &Path) -> bool {
-        path.prefix_match(self.url.prefix()).is_some_and(|mut rest| rest.nth(1).is_some())
-    }
-
-    fn error(&self, what: &str, e: object_store::Error) -> DataFusionError {
-        exec_datafusion_err!("{what} in {}: {e}", self.url)
     }
 }
 
@@ -255,9 +228,8 @@ mod tests {
         for name in ["part-old-x.parquet", "part-new-a.parquet", "part-new-b.parquet", "nested/x"] {
             std::fs::write(features.join(name), b"x").unwrap();
         }
-        let runtime = RuntimeEnv::default();
-        let url = format!("file://{}/", features.display());
-        let folder = FeaturesDir::open(&runtime, &url).unwrap();
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let folder = FeaturesDir::new(Location::parse(&features.display().to_string(), &runtime).unwrap());
         assert_eq!(folder.manifest().await.unwrap(), None);
 
         let manifest =

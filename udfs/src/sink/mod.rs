@@ -25,22 +25,32 @@ use datafusion::error::Result;
 use datafusion::execution::context::QueryPlanner;
 use datafusion::logical_expr::physical_planning_context::PhysicalPlanningContext;
 use datafusion::logical_expr::{LogicalPlan, UserDefinedLogicalNode};
+use datafusion::parquet::basic::{Compression, ZstdLevel};
+use datafusion::parquet::file::properties::WriterProperties;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
-pub use exec::FeaturesSinkExec;
-
-/// Part size of the streamed (multipart) uploads of every fruits process: S3 needs at least
-/// 5 MiB per part, and 10 MiB keeps the part count of a large file low.
-pub const UPLOAD_BUFFER: usize = 10 * 1024 * 1024;
+pub(crate) use exec::FeaturesSinkExec;
 pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest};
-pub use node::WriteFeatures;
+pub use node::{WriteFeatures, WriteResult};
+
+/// Rows per Parquet row group (about 5 MB of features): readers can skip and parallelise.
+const ROWS_PER_GROUP: usize = 1024;
+
+/// The writer settings of every Parquet file fruits writes (features, `fruits sql` results):
+/// zstd, and row groups of [`ROWS_PER_GROUP`] rows.
+pub fn parquet_writer_properties() -> WriterProperties {
+    WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROWS_PER_GROUP))
+        .build()
+}
 
 use crate::udf::features_type;
 
 /// Columns of the features Parquet files: one row per listed image; `features` is NULL and
 /// `error` says why when the image could not be featurized.
-pub fn features_schema() -> SchemaRef {
+pub(crate) fn features_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, true),
@@ -52,7 +62,7 @@ pub fn features_schema() -> SchemaRef {
 /// What a write task returns: one row per file it wrote. `moments` is the file's
 /// [`crate::FEATURE_MOMENTS`] state when the write was asked for it (NULL otherwise, or when no
 /// row of the file has features).
-pub fn write_report_schema() -> SchemaRef {
+pub(crate) fn write_report_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("file", DataType::Utf8, false),
         Field::new("rows", DataType::UInt64, false),

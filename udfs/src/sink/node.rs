@@ -4,13 +4,28 @@ use std::cmp::Ordering;
 use std::fmt;
 use std::sync::Arc;
 
+use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::DataType;
-use datafusion::common::{DFSchema, DFSchemaRef, plan_err};
-use datafusion::error::Result;
-use datafusion::logical_expr::{Expr, Extension, LogicalPlan, UserDefinedLogicalNodeCore};
+use datafusion::common::{DFSchema, DFSchemaRef, exec_datafusion_err, plan_err};
+use datafusion::error::{DataFusionError, Result};
+use datafusion::functions::expr_fn::named_struct;
+use datafusion::functions_aggregate::expr_fn::array_agg;
+use datafusion::logical_expr::{Expr, Extension, LogicalPlan, LogicalPlanBuilder, UserDefinedLogicalNodeCore, lit};
+use datafusion::prelude::col;
+use fruits_pca::Moments;
 
-use super::write_report_schema;
+use super::{Manifest, write_report_schema};
+use crate::moments::{FeatureMoments, decode_moments};
 use crate::udf::features_or_error_type;
+
+/// What a features write returned, read back by the process that commits it.
+#[derive(Debug)]
+pub struct WriteResult {
+    /// The files written, to be committed.
+    pub manifest: Manifest,
+    /// The moments of every written feature vector, merged, when the write was asked for them.
+    pub moments: Option<Moments>,
+}
 
 /// Writes `input`, whose columns are `path`, `label` and `result` (what `featurize_or_error`
 /// returns), as Parquet files under `output`, one per partition; returns one report row per file.
@@ -50,12 +65,54 @@ impl WriteFeatures {
         self
     }
 
-    /// The node as a plan to execute.
-    pub fn into_plan(self) -> LogicalPlan {
-        LogicalPlan::Extension(self.into_extension())
+    /// The plan to execute: the write itself, returning one report row per file; with
+    /// moments, the write under one aggregate that gathers every report and merges the tasks'
+    /// moments, so that a single row (`reports`, `moments`) comes back. Ballista runs the partial
+    /// aggregate in the write tasks and the merge in a final stage of the same job.
+    pub fn to_plan(&self) -> Result<LogicalPlan> {
+        let write = LogicalPlan::Extension(self.clone().into_extension());
+        if !self.moments {
+            return Ok(write);
+        }
+        let report: Vec<Expr> = write_report_schema()
+            .fields()
+            .iter()
+            .filter(|f| f.name() != "moments")
+            .flat_map(|f| [lit(f.name().as_str()), col(f.name())])
+            .collect();
+        let merge = FeatureMoments::merge().call(vec![col("moments")]).alias("moments");
+        LogicalPlanBuilder::from(write)
+            .aggregate(Vec::<Expr>::new(), vec![array_agg(named_struct(report)).alias("reports"), merge])?
+            .build()
     }
 
-    pub fn into_extension(self) -> Extension {
+    /// Reads what the plan of [`Self::to_plan`] returned.
+    pub fn read_result(&self, batches: &[RecordBatch]) -> Result<WriteResult> {
+        if !self.moments {
+            return Ok(WriteResult { manifest: Manifest::from_reports(&self.run_id, batches)?, moments: None });
+        }
+        let row = batches
+            .iter()
+            .find(|b| b.num_rows() > 0)
+            .ok_or_else(|| exec_datafusion_err!("the write returned no row"))?;
+        let column =
+            |name: &str| row.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the write returned no {name}"));
+        let reports =
+            column("reports")?.as_list_opt::<i32>().ok_or_else(|| exec_datafusion_err!("reports is not a list"))?;
+        let reports = reports.value(0);
+        let reports = reports.as_struct_opt().ok_or_else(|| exec_datafusion_err!("reports are not structs"))?;
+        let moments =
+            column("moments")?.as_binary_opt::<i32>().ok_or_else(|| exec_datafusion_err!("moments is not binary"))?;
+        let moments = moments
+            .is_valid(0)
+            .then(|| decode_moments(moments.value(0)))
+            .transpose()
+            .map_err(|e| DataFusionError::External(Box::new(e)))?;
+        let manifest = Manifest::from_reports(&self.run_id, &[RecordBatch::from(reports.clone())])?;
+        Ok(WriteResult { manifest, moments })
+    }
+
+    pub(crate) fn into_extension(self) -> Extension {
         Extension { node: Arc::new(self) }
     }
 

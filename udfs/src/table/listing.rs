@@ -1,10 +1,9 @@
 //! Finding the image files under a location.
 
-use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
-use datafusion::error::{DataFusionError, Result};
-use futures::TryStreamExt;
+use datafusion::datasource::listing::PartitionedFile;
 use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore};
+
+use crate::location::{Location, StoreError};
 
 /// File name extensions read as images, compared case-insensitively.
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
@@ -29,7 +28,7 @@ impl ImageFile {
 /// True for a path whose file name has an image extension and in which no file or folder
 /// name is hidden (starts with `.`, like `.DS_Store` or `.git/`). `relative` is the path below
 /// the listed location, so a hidden folder *above* it does not hide everything.
-pub fn is_image_path(relative: &str) -> bool {
+fn is_image_path(relative: &str) -> bool {
     let mut parts = relative.split('/').filter(|p| !p.is_empty()).peekable();
     let mut name = None;
     while let Some(part) = parts.next() {
@@ -48,12 +47,11 @@ pub fn is_image_path(relative: &str) -> bool {
 
 /// Lists image files under `location`, recursively, sorted by path so that partitions and
 /// outputs are the same from run to run.
-pub async fn list_images(store: &dyn ObjectStore, location: &ListingTableUrl) -> Result<Vec<ImageFile>> {
-    let prefix = location.prefix();
-    let listing_error =
-        |e: object_store::Error| DataFusionError::External(format!("cannot list {location}: {e}").into());
-    let objects: Vec<ObjectMeta> = store.list(Some(prefix)).try_collect().await.map_err(listing_error)?;
-    let mut files: Vec<ImageFile> = objects
+pub async fn list_images(location: &Location) -> Result<Vec<ImageFile>, StoreError> {
+    let prefix = location.listing_url().prefix();
+    let mut files: Vec<ImageFile> = location
+        .list()
+        .await?
         .into_iter()
         .filter(|meta| {
             let full = meta.location.as_ref();
@@ -117,8 +115,10 @@ mod tests {
         {
             store.put(&Path::from(path), PutPayload::from_static(b"x")).await.unwrap();
         }
-        let url = ListingTableUrl::parse("memory:///in/").unwrap();
-        let files = list_images(&store, &url).await.unwrap();
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let url = url::Url::parse("memory://").unwrap();
+        runtime.register_object_store(&url, std::sync::Arc::new(store));
+        let files = list_images(&Location::parse("memory:///in/", &runtime).unwrap()).await.unwrap();
         let paths: Vec<_> = files.iter().map(|f| f.location.to_string()).collect();
         assert_eq!(paths, ["in/a/1.PNG", "in/a/deep/3.jpeg", "in/b/2.jpg"]);
     }

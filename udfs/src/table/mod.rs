@@ -27,8 +27,10 @@ use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-pub use listing::{ImageFile, is_image_path, list_images};
-pub use source::ImageSource;
+pub use listing::{ImageFile, list_images};
+pub(crate) use source::ImageSource;
+
+use crate::location::Location;
 
 /// Name under which `fruits` registers the table.
 pub const IMAGES_TABLE: &str = "images";
@@ -36,7 +38,7 @@ pub const IMAGES_TABLE: &str = "images";
 /// The columns of `images`: `path` (full URL of the file), `label` (name of its parent
 /// folder, NULL for a file at the root of a bucket) and `content` (the file's bytes, NULL if the
 /// file disappeared between listing and reading).
-pub fn images_schema() -> SchemaRef {
+pub(crate) fn images_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, true),
@@ -122,8 +124,8 @@ impl TableProvider for ImagesTable {
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let store_url = self.location.object_store();
-        let store = state.runtime_env().object_store(&store_url)?;
-        let files = list_images(store.as_ref(), &self.location).await?;
+        let folder = Location::parse(self.location.as_str(), state.runtime_env())?;
+        let files = list_images(&folder).await?;
         let total = files.len();
         let groups = self.file_groups(files, state.config().target_partitions());
         log::info!("images: {total} files under {} in {} partitions", self.location, groups.len());

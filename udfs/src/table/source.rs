@@ -4,6 +4,9 @@
 //! featurizing short, so on an object store one-at-a-time reads would leave a task waiting on
 //! request latency most of the time; the opener therefore fetches the next files of its
 //! partition ahead, a few at once.
+//!
+//! A file that vanished after listing is a row without content (reported by `featurize`); any
+//! other failed read fails the task, as an I/O error (retried by Ballista) when it may pass.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -26,17 +29,18 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::task::JoinHandle;
 
 use super::listing::{label_of, percent_decode};
+use crate::location::StoreError;
 
 /// Reads whole image files as rows of `(path, label, content)`.
 #[derive(Clone)]
-pub struct ImageSource {
+pub(crate) struct ImageSource {
     table_schema: TableSchema,
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
 }
 
 impl ImageSource {
-    pub fn new(table_schema: TableSchema) -> Self {
+    pub(crate) fn new(table_schema: TableSchema) -> Self {
         Self {
             projection: SplitProjection::unprojected(&table_schema),
             table_schema,
@@ -124,7 +128,7 @@ impl FileOpener for ImageOpener {
         Ok(async move {
             let content = match fetch {
                 Some(fetch) => {
-                    let fetched = fetch.await.map_err(|e| DataFusionError::External(Box::new(e)))?;
+                    let fetched = fetch.await.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
                     content_or_missing(fetched, &url)?
                 }
                 None => None,
@@ -207,8 +211,8 @@ impl Drop for Prefetch {
 }
 
 /// The file's bytes; `None` if it was deleted since listing, which leaves a row with NULL
-/// content (reported by `featurize`) instead of failing a job over one missing file. Other
-/// errors are I/O errors, which Ballista retries.
+/// content (reported by `featurize`) instead of failing a job over one missing file. A transient
+/// failure is an I/O error, so Ballista retries the task; a refusal (permissions) fails it.
 fn content_or_missing(fetched: object_store::Result<Vec<u8>>, url: &str) -> Result<Option<Vec<u8>>> {
     match fetched {
         Ok(bytes) => Ok(Some(bytes)),
@@ -216,6 +220,28 @@ fn content_or_missing(fetched: object_store::Result<Vec<u8>>, url: &str) -> Resu
             log::warn!("{url} disappeared after listing; its row has no content");
             Ok(None)
         }
-        Err(e) => Err(DataFusionError::External(format!("cannot read {url}: {e}").into())),
+        Err(source) => Err(StoreError::Store { action: "read", url: url.to_owned(), source }.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_vanished_file_is_a_row_and_a_failed_read_is_retried() {
+        let url = "s3://b/Apple/1.jpg";
+        let gone = object_store::Error::NotFound { path: "Apple/1.jpg".into(), source: "404".into() };
+        assert_eq!(content_or_missing(Err(gone), url).unwrap(), None);
+        assert_eq!(content_or_missing(Ok(b"jpg".to_vec()), url).unwrap().as_deref(), Some(&b"jpg"[..]));
+
+        let reset = object_store::Error::Generic { store: "S3", source: "connection reset".into() };
+        let error = content_or_missing(Err(reset), url).unwrap_err();
+        assert!(matches!(error.find_root(), DataFusionError::IoError(_)), "{error:?}");
+        assert!(error.to_string().contains("cannot read s3://b/Apple/1.jpg"), "{error}");
+
+        let denied = object_store::Error::PermissionDenied { path: "Apple/1.jpg".into(), source: "403".into() };
+        let error = content_or_missing(Err(denied), url).unwrap_err();
+        assert!(!matches!(error.find_root(), DataFusionError::IoError(_)), "{error:?}");
     }
 }

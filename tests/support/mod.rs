@@ -1,9 +1,12 @@
-//! What the tests share: where the sample data, the model and the built binaries are, how to
-//! run a binary, and how to read what it wrote.
+//! What the suites share: where the sample data, the model and the built binaries are, how to
+//! run a binary, and how to read what it wrote; real servers and clusters to run against
+//! ([`garage`], [`cluster`]), an S3 client ([`s3`]) and Docker ([`docker`]).
 
 pub mod cluster;
+pub mod docker;
 pub mod garage;
 pub mod pca;
+pub mod s3;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::TcpListener;
@@ -14,7 +17,7 @@ use std::sync::Mutex;
 use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::Float32Type;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use fruits_udfs::sink::{MANIFEST_FILE, Manifest};
+use fruits_udfs::{MANIFEST_FILE, Manifest};
 use serde::Deserialize;
 
 pub use bytes::Bytes;
@@ -42,6 +45,11 @@ pub fn repo_root() -> PathBuf {
 /// The read-only shared folder beside the repository (`FRUITS_SHARED` overrides).
 pub fn shared_dir() -> PathBuf {
     std::env::var_os("FRUITS_SHARED").map(PathBuf::from).unwrap_or_else(|| repo_root().join("../shared"))
+}
+
+/// `path` made absolute and clean, as bind mounts need it.
+pub fn canonical(path: &Path) -> PathBuf {
+    path.canonicalize().unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// The 4,835 Fruits-360 images, one folder per class.
@@ -197,7 +205,6 @@ pub struct Reference {
 pub struct ReferenceImage {
     /// `<label>/<file>` relative to the sample folder.
     pub path: String,
-    pub label: String,
     pub decoded_sha256: String,
     pub resized_sha256: String,
     pub features: Vec<f32>,
@@ -214,7 +221,6 @@ impl Reference {
 /// The `summary.json` fields the tests check.
 #[derive(Debug, Deserialize)]
 pub struct Summary {
-    pub output: String,
     pub engine: String,
     pub run_id: String,
     pub rows_in: u64,
@@ -222,7 +228,6 @@ pub struct Summary {
     pub featurized: u64,
     pub failed: Vec<FailedImage>,
     pub files: Vec<String>,
-    pub images_per_second: f64,
     pub client_bytes_read: Option<u64>,
 }
 
@@ -255,6 +260,11 @@ pub fn last_json_line(stdout: &[u8]) -> serde_json::Value {
         .last()
         .unwrap_or_else(|| panic!("no JSON line in:\n{text}"));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+}
+
+/// The summary that `fruits --json` prints as its last JSON line.
+pub fn last_summary(stdout: &[u8]) -> Summary {
+    serde_json::from_value(last_json_line(stdout)).expect("the last JSON line is a summary")
 }
 
 /// Panics unless every sample image is in `rows` exactly once, labelled with its folder, and

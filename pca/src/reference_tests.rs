@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use fruits_pca::{FeatureMatrix, Moments, Pca};
+use crate::{FeatureMatrix, Moments, Pca};
 use serde_json::Value;
 
 fn fixture() -> Value {

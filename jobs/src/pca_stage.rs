@@ -14,88 +14,22 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail, ensure};
-use clap::ValueEnum;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Float32Type, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::FunctionRegistry;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{SessionContext, col};
 use fruits_pca::{FeatureMatrix, Moments, Pca, scatter_png};
-use fruits_udfs::{FEATURE_MOMENTS, FeaturesDir, Manifest, decode_moments};
-use futures::{Stream, StreamExt, TryStreamExt};
-use serde::Serialize;
+use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, decode_moments};
+use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
-use crate::job::{read_committed, utf8_column};
-use crate::output::OutputDir;
+use crate::cli::{PcaMode, PcaOptions};
+use crate::committed::{Block, CommittedFeatures};
+use crate::summary::PcaSummary;
 
 /// Size of `pca.png`, in pixels: readable on a laptop screen and in a report.
 const PLOT_SIZE: (u32, u32) = (1200, 900);
-
-/// Above this many rows `auto` computes the covariance distributed. Below it, memory mode holds
-/// at most 512 MB of f32 features (0.75 GB peak, measured at 50,000 rows: 363 MB) and is the
-/// faster of the two; above it the client's memory would keep growing with the data, while the
-/// distributed mode stays at a few `d x d` matrices.
-pub const DISTRIBUTED_ABOVE_ROWS: u64 = 100_000;
-
-/// Where the covariance matrix is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PcaMode {
-    /// `distributed` above 100,000 rows, else `memory`.
-    Auto,
-    /// Every feature vector in this process.
-    Memory,
-    /// Moments aggregated by the engine; only the `d x d` matrix reaches this process.
-    Distributed,
-}
-
-impl PcaMode {
-    /// The mode to use for `rows` rows: never `Auto`.
-    pub fn resolve(self, rows: u64) -> PcaMode {
-        match self {
-            PcaMode::Auto if rows > DISTRIBUTED_ABOVE_ROWS => PcaMode::Distributed,
-            PcaMode::Auto => PcaMode::Memory,
-            mode => mode,
-        }
-    }
-}
-
-/// What the user asked of the PCA stage.
-#[derive(Debug, Clone, Copy)]
-pub struct PcaOptions {
-    pub k: usize,
-    pub csv: bool,
-    pub mode: PcaMode,
-}
-
-/// What the PCA stage did, for `summary.json` and the terminal.
-#[derive(Debug, Serialize)]
-pub struct PcaSummary {
-    pub components: usize,
-    /// `memory` or `distributed`.
-    pub mode: PcaMode,
-    /// Rows the PCA was fitted on.
-    pub rows: u64,
-    /// Rows left out because their features are NULL (images that could not be featurized).
-    pub rows_without_features: u64,
-    pub feature_dim: usize,
-    pub explained_variance_ratio: Vec<f64>,
-    pub cumulative_explained_variance_ratio: Vec<f64>,
-    /// Files written, relative to the output folder.
-    pub files: Vec<String>,
-    pub seconds: f64,
-}
-
-/// Committed feature rows, one batch at a time: rows without features are counted, not kept.
-struct Block {
-    paths: Vec<String>,
-    labels: Vec<String>,
-    /// Row-major, `dim` values per row.
-    values: Vec<f32>,
-    dim: usize,
-    without_features: u64,
-}
 
 /// Every row with features, and its coordinates on the components.
 #[derive(Default)]
@@ -107,33 +41,29 @@ struct Projected {
     without_features: u64,
 }
 
-/// Fits a PCA on the committed features in the folder `features` and writes its outputs into
-/// `output`. `moments`, when the featurize job already aggregated them, make it distributed.
+/// Fits a PCA on `committed` and writes its outputs into `output`. `moments`, when the
+/// featurize job already aggregated them, make it distributed.
 pub async fn run(
     ctx: &SessionContext,
-    features: &str,
-    output: &OutputDir,
+    committed: &CommittedFeatures,
+    output: &Location,
     options: PcaOptions,
     moments: Option<Moments>,
 ) -> Result<PcaSummary> {
     let started = Instant::now();
-    let folder = FeaturesDir::open(&ctx.runtime_env(), &format!("{}/", features.trim_end_matches('/')))?;
-    let Some(manifest) = folder.manifest().await? else {
-        bail!("no committed features in {} (no _SUCCESS manifest): run `fruits run` first", folder.url());
-    };
-    let files: Vec<String> = manifest.files.iter().map(|f| folder.file_url(&f.file)).collect();
+    let manifest = &committed.manifest;
     let mode = if moments.is_some() { PcaMode::Distributed } else { options.mode.resolve(manifest.rows) };
 
     let (pca, projected) = match mode {
         PcaMode::Distributed => {
             let moments = match moments {
                 Some(moments) => moments,
-                None => aggregate_moments(ctx, files.clone()).await?,
+                None => aggregate_moments(ctx, committed).await?,
             };
-            check_moments(&moments, &manifest)?;
+            check_moments(&moments, manifest)?;
             let pca = Pca::from_moments(&moments, options.k).context("PCA failed")?;
             let mut projected = Projected::default();
-            let mut blocks = std::pin::pin!(feature_blocks(ctx, files.clone()).await?);
+            let mut blocks = std::pin::pin!(committed.blocks(ctx).await?);
             while let Some(block) = blocks.try_next().await? {
                 let values = if block.values.is_empty() {
                     Vec::new()
@@ -147,7 +77,7 @@ pub async fn run(
         PcaMode::Memory | PcaMode::Auto => {
             let mut all = Projected::default();
             let (mut values, mut dim) = (Vec::new(), 0);
-            let mut blocks = std::pin::pin!(feature_blocks(ctx, files.clone()).await?);
+            let mut blocks = std::pin::pin!(committed.blocks(ctx).await?);
             while let Some(mut block) = blocks.try_next().await? {
                 if dim == 0 {
                     dim = block.dim;
@@ -156,7 +86,7 @@ pub async fn run(
                 values.append(&mut block.values);
                 all.extend(block, Vec::new());
             }
-            ensure!(dim > 0, "no row of {} has features: nothing to fit", folder.url());
+            ensure!(dim > 0, "no row of {} has features: nothing to fit", committed.folder.url());
             let matrix = FeatureMatrix::new(&values, dim)?;
             let pca = Pca::fit(matrix, options.k).context("PCA failed")?;
             all.values = pca.project(matrix)?;
@@ -175,7 +105,7 @@ pub async fn run(
         files_written.push("pca.png".to_owned());
     }
     if options.csv {
-        write_csv(ctx, files, output, "features.csv").await?;
+        write_csv(ctx, committed, output, "features.csv").await?;
         files_written.push("features.csv".to_owned());
     }
     Ok(PcaSummary {
@@ -201,9 +131,10 @@ impl Projected {
 }
 
 /// `feature_moments(features)` over the committed files, on `ctx`'s engine.
-async fn aggregate_moments(ctx: &SessionContext, files: Vec<String>) -> Result<Moments> {
+async fn aggregate_moments(ctx: &SessionContext, committed: &CommittedFeatures) -> Result<Moments> {
     let moments = ctx.udaf(FEATURE_MOMENTS)?;
-    let batches = read_committed(ctx, files)
+    let batches = committed
+        .frame(ctx)
         .await?
         .aggregate(vec![], vec![moments.call(vec![col("features")])])?
         .collect()
@@ -227,51 +158,6 @@ fn check_moments(moments: &Moments, manifest: &Manifest) -> Result<()> {
     Ok(())
 }
 
-/// The committed rows as [`Block`]s, streamed: at most a batch of features in memory.
-async fn feature_blocks(ctx: &SessionContext, files: Vec<String>) -> Result<impl Stream<Item = Result<Block>>> {
-    let stream = read_committed(ctx, files)
-        .await?
-        .select_columns(&["path", "label", "features"])?
-        .execute_stream()
-        .await
-        .context("cannot read the committed features")?;
-    Ok(stream.map(|batch| Block::try_from(&batch.context("cannot read the committed features")?)))
-}
-
-impl TryFrom<&RecordBatch> for Block {
-    type Error = anyhow::Error;
-
-    fn try_from(batch: &RecordBatch) -> Result<Self> {
-        let (paths, labels) = (utf8_column(batch, 0)?, utf8_column(batch, 1)?);
-        let (paths, labels) = (paths.as_string::<i32>(), labels.as_string::<i32>());
-        let lists = batch.column(2).as_list_opt::<i32>().context("features is not a list column")?;
-        let mut block =
-            Block { paths: Vec::new(), labels: Vec::new(), values: Vec::new(), dim: 0, without_features: 0 };
-        for row in 0..batch.num_rows() {
-            if lists.is_null(row) {
-                block.without_features += 1;
-                continue;
-            }
-            let vector = lists.value(row);
-            let values = vector.as_primitive_opt::<Float32Type>().context("features are not float32")?;
-            if block.dim == 0 {
-                block.dim = values.len();
-            }
-            ensure!(
-                values.len() == block.dim,
-                "{} has {} features, earlier rows {}",
-                paths.value(row),
-                values.len(),
-                block.dim
-            );
-            block.values.extend_from_slice(values.values());
-            block.paths.push(paths.value(row).to_owned());
-            block.labels.push(if labels.is_valid(row) { labels.value(row).to_owned() } else { String::new() });
-        }
-        Ok(block)
-    }
-}
-
 /// `path`, `label`, `pc1` .. `pck` as one Parquet file.
 fn projections_parquet(projected: &Projected, k: usize) -> Result<Vec<u8>> {
     let mut fields = vec![Field::new("path", DataType::Utf8, false), Field::new("label", DataType::Utf8, false)];
@@ -293,9 +179,9 @@ fn projections_parquet(projected: &Projected, k: usize) -> Result<Vec<u8>> {
 
 /// `path,label,f0,...` with one row per featurized image, as the reference pipeline wrote it;
 /// streamed from the committed files into a multipart upload, a batch at a time.
-async fn write_csv(ctx: &SessionContext, files: Vec<String>, output: &OutputDir, name: &str) -> Result<()> {
+async fn write_csv(ctx: &SessionContext, committed: &CommittedFeatures, output: &Location, name: &str) -> Result<()> {
     let mut upload = output.upload(name);
-    let mut blocks = std::pin::pin!(feature_blocks(ctx, files).await?);
+    let mut blocks = std::pin::pin!(committed.blocks(ctx).await?);
     let mut header_written = false;
     while let Some(block) = blocks.try_next().await? {
         if block.values.is_empty() {
@@ -339,24 +225,6 @@ fn csv_field(value: &str) -> String {
     if value.contains([',', '"', '\n']) { format!("\"{}\"", value.replace('"', "\"\"")) } else { value.to_owned() }
 }
 
-/// The explained variance, printed after a run.
-pub fn print_summary(summary: &PcaSummary) {
-    let mode = match summary.mode {
-        PcaMode::Distributed => "distributed",
-        _ => "in memory",
-    };
-    println!(
-        "PCA of {} images ({} without features left out), {} components, {mode}, {:.2} s",
-        summary.rows, summary.rows_without_features, summary.components, summary.seconds
-    );
-    for (i, (ratio, cumulative)) in
-        summary.explained_variance_ratio.iter().zip(&summary.cumulative_explained_variance_ratio).enumerate()
-    {
-        println!("  PC{}: {:5.1} % of variance ({:5.1} % cumulative)", i + 1, ratio * 100.0, cumulative * 100.0);
-    }
-    println!("  wrote {}", summary.files.join(", "));
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,13 +234,5 @@ mod tests {
         assert_eq!(csv_field("Apple Golden 1"), "Apple Golden 1");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
-    }
-
-    #[test]
-    fn auto_goes_distributed_above_the_threshold_only() {
-        assert_eq!(PcaMode::Auto.resolve(DISTRIBUTED_ABOVE_ROWS), PcaMode::Memory);
-        assert_eq!(PcaMode::Auto.resolve(DISTRIBUTED_ABOVE_ROWS + 1), PcaMode::Distributed);
-        assert_eq!(PcaMode::Memory.resolve(u64::MAX), PcaMode::Memory);
-        assert_eq!(PcaMode::Distributed.resolve(10), PcaMode::Distributed);
     }
 }

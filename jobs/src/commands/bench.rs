@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use datafusion::arrow::array::AsArray;
-use fruits_udfs::IMAGES_TABLE;
-use fruits_udfs::preprocess::preprocess_into;
+use fruits_udfs::{IMAGES_TABLE, Location};
 
 use crate::cli::BenchArgs;
 use crate::engine::Engine;
-use crate::job;
+use crate::featurize;
 
 /// Each micro-measurement repeats its work for at least this long.
 const MIN_DURATION: Duration = Duration::from_secs(5);
@@ -32,6 +31,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let featurizer = engine.featurizer().context("the embedded engine has a model")?;
     let config = featurizer.config();
     let per_image = config.input.values_per_image();
+    // Every decodable sample image preprocessed once, as the tasks do it.
+    let preprocess = |bytes: &[u8], out: &mut [f32]| featurizer.preprocess_into(bytes, out).is_ok();
 
     // Decode + resize + scale, one thread per task slot, as the tasks do.
     let decode_rate = per_thread_rate(
@@ -40,7 +41,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
             let mut tensor = vec![0f32; per_image];
             let mut done = 0;
             for bytes in images.iter().skip(thread).step_by(slots).cycle().take(count) {
-                if preprocess_into(bytes, &config.limits, &config.input, &mut tensor).is_ok() {
+                if preprocess(bytes, &mut tensor) {
                     done += 1;
                 }
             }
@@ -57,14 +58,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
         if filled == batch {
             break;
         }
-        if preprocess_into(
-            bytes,
-            &config.limits,
-            &config.input,
-            &mut tensor[filled * per_image..(filled + 1) * per_image],
-        )
-        .is_ok()
-        {
+        if preprocess(bytes, &mut tensor[filled * per_image..(filled + 1) * per_image]) {
             filled += 1;
         }
     }
@@ -86,7 +80,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     // The whole job, into a scratch folder.
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let scratch = scratch.path().to_str().context("scratch folder path is not UTF-8")?;
-    let summary = job::run(&engine, &args.input.input, scratch, None, true).await?.summary;
+    let output = Location::create(scratch, &engine.ctx.runtime_env())?;
+    let summary = featurize::run(&engine, &args.input.input, &output, None, true).await?.summary;
     let full_rate = summary.images_per_second;
 
     println!("fruits bench: {} images, {slots} task slots, batch {batch}", summary.rows_in);

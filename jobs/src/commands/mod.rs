@@ -1,0 +1,8 @@
+//! One pipeline per command, each reading top-down from its options to the parts it runs.
+
+pub mod bench;
+pub mod download;
+pub mod pca;
+pub mod run;
+pub mod sql;
+pub mod upload;

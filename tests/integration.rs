@@ -1,0 +1,16 @@
+//! The integration tests, in one binary (DataFusion's `core_integration` pattern): every suite
+//! is a module here and shares one `support` module, so the slow link of DataFusion and
+//! Ballista happens once. The suites run the real binaries, engines and servers on the shared
+//! sample data and model.
+//!
+//! Run one suite with `cargo test --release -p fruits-tests -- cluster::`.
+
+mod support;
+
+mod cluster;
+mod codec;
+mod compose;
+mod embedded;
+mod emr;
+mod fidelity;
+mod pca;

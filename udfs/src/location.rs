@@ -1,0 +1,328 @@
+//! A folder in a local or remote object store: the one way every fruits process reads, writes,
+//! uploads, lists and deletes what it keeps (features, manifests, summaries, plots, copies).
+//!
+//! Failures keep their kind on the way out: a missing object is `None` (or nothing to delete),
+//! a transient store failure becomes an I/O error, which Ballista retries, and a refusal
+//! (permissions, a bad key) is an error that a retry would only repeat. See
+//! [`StoreError::into_datafusion`].
+
+use std::path::Path as LocalPath;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::error::DataFusionError;
+use datafusion::execution::runtime_env::RuntimeEnv;
+use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
+use object_store::path::Path;
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+
+/// Part size of streamed (multipart) uploads: S3 needs at least 5 MiB per part, and 10 MiB keeps
+/// the part count of a large file low.
+pub const UPLOAD_PART_SIZE: usize = 10 * 1024 * 1024;
+
+/// True for `s3://...`, `file:///...` and other URLs; false for a local path.
+pub fn is_url(location: &str) -> bool {
+    location.contains("://")
+}
+
+/// What went wrong with a location, and where.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid location {location}: {reason}")]
+    InvalidLocation { location: String, reason: String },
+    #[error("cannot create the local folder {path}: {source}")]
+    LocalFolder { path: String, source: std::io::Error },
+    #[error("no object store for {location}: {source}")]
+    NoStore { location: String, source: DataFusionError },
+    #[error("cannot {action} {url}: {source}")]
+    Store { action: &'static str, url: String, source: object_store::Error },
+}
+
+impl StoreError {
+    /// True when trying again may succeed: a network failure, a server error that outlived the
+    /// store's own retries, a local I/O error. Not for refusals (permission, credentials, an
+    /// invalid key, a failed precondition) nor for a missing object.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StoreError::Store { source, .. } => is_transient(source),
+            StoreError::LocalFolder { .. } => true,
+            StoreError::InvalidLocation { .. } | StoreError::NoStore { .. } => false,
+        }
+    }
+
+    /// The error as DataFusion (and so Ballista, which retries a task only when the root
+    /// error is [`DataFusionError::IoError`]) should see it.
+    pub fn into_datafusion(self) -> DataFusionError {
+        if self.is_transient() {
+            DataFusionError::IoError(std::io::Error::other(self))
+        } else {
+            DataFusionError::External(Box::new(self))
+        }
+    }
+}
+
+impl From<StoreError> for DataFusionError {
+    fn from(e: StoreError) -> Self {
+        e.into_datafusion()
+    }
+}
+
+/// Whether an object-store failure is worth another attempt: a failed request (network, a
+/// server error that outlived the store's own retries, local I/O) or a lost worker thread. Every
+/// other kind says something a retry would only repeat.
+pub(crate) fn is_transient(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::Generic { .. } | object_store::Error::JoinError { .. })
+}
+
+/// A failure somewhere below a writer (Parquet, a multipart upload) as DataFusion should see it:
+/// an I/O error when an object-store or I/O failure that may pass is at its root, so that the
+/// task is retried, else an execution error saying `what`.
+pub(crate) fn write_error(what: String, e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+    let mut transient = false;
+    while let Some(current) = cause {
+        if let Some(store) = current.downcast_ref::<object_store::Error>() {
+            transient = is_transient(store);
+            break;
+        }
+        if current.is::<std::io::Error>() {
+            transient = true;
+        }
+        cause = current.source();
+    }
+    let message = format!("{what}: {e}");
+    if transient {
+        DataFusionError::IoError(std::io::Error::other(message))
+    } else {
+        DataFusionError::Execution(message)
+    }
+}
+
+/// A folder (`s3://bucket/prefix/`, `file:///home/me/out/`) and the store that serves it.
+#[derive(Debug, Clone)]
+pub struct Location {
+    url: ListingTableUrl,
+    store: Arc<dyn ObjectStore>,
+}
+
+impl Location {
+    /// The folder `location`: a URL, or a local path (relative to the working folder), which
+    /// need not exist; the store comes from `runtime`'s registry.
+    pub fn parse(location: &str, runtime: &RuntimeEnv) -> Result<Self, StoreError> {
+        let folder = format!("{}/", location.trim_end_matches('/'));
+        Self::from_url_text(location, &folder, runtime)
+    }
+
+    /// Like [`Self::parse`], but a local folder is created if missing and named by its
+    /// canonical path, so that two spellings of one folder give the same location.
+    pub fn create(location: &str, runtime: &RuntimeEnv) -> Result<Self, StoreError> {
+        if is_url(location) {
+            return Self::parse(location, runtime);
+        }
+        let local_error = |source| StoreError::LocalFolder { path: location.to_owned(), source };
+        let dir = LocalPath::new(location);
+        std::fs::create_dir_all(dir).map_err(local_error)?;
+        let dir = dir.canonicalize().map_err(local_error)?;
+        let url = url::Url::from_directory_path(&dir).map_err(|()| StoreError::InvalidLocation {
+            location: location.to_owned(),
+            reason: "not an absolute path".to_owned(),
+        })?;
+        Self::from_url_text(location, url.as_str(), runtime)
+    }
+
+    fn from_url_text(location: &str, folder: &str, runtime: &RuntimeEnv) -> Result<Self, StoreError> {
+        let url = ListingTableUrl::parse(folder)
+            .map_err(|e| StoreError::InvalidLocation { location: location.to_owned(), reason: e.to_string() })?;
+        let store = runtime
+            .object_store(url.object_store())
+            .map_err(|source| StoreError::NoStore { location: location.to_owned(), source })?;
+        Ok(Self { url, store })
+    }
+
+    /// The sub-folder `name` (which may contain `/`), on the same store.
+    pub fn child(&self, name: &str) -> Result<Self, StoreError> {
+        let folder = format!("{}/", self.child_url(name).trim_end_matches('/'));
+        let url = ListingTableUrl::parse(&folder)
+            .map_err(|e| StoreError::InvalidLocation { location: folder.clone(), reason: e.to_string() })?;
+        Ok(Self { url, store: Arc::clone(&self.store) })
+    }
+
+    /// The folder that holds this one (`s3://b/out/features/` -> `s3://b/out/`), if any.
+    pub fn parent(&self) -> Option<Self> {
+        let trimmed = self.url.as_str().trim_end_matches('/');
+        let (parent, _) = trimmed.rsplit_once('/')?;
+        if parent.ends_with(':') || parent.ends_with("//") || parent.ends_with(":/") {
+            return None;
+        }
+        let url = ListingTableUrl::parse(format!("{parent}/")).ok()?;
+        Some(Self { url, store: Arc::clone(&self.store) })
+    }
+
+    /// The folder's URL, ending in `/`.
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// The URL of `name` inside the folder; a name ending in `/` is a sub-folder.
+    pub fn child_url(&self, name: &str) -> String {
+        format!("{}{name}", self.url.as_str())
+    }
+
+    /// The store path of `name` (which may contain `/`) inside the folder.
+    pub fn path(&self, name: &str) -> Path {
+        name.split('/').filter(|part| !part.is_empty()).fold(self.url.prefix().clone(), |path, part| path.join(part))
+    }
+
+    /// The folder as DataFusion lists it.
+    pub fn listing_url(&self) -> &ListingTableUrl {
+        &self.url
+    }
+
+    /// Reads `name`; `None` if it does not exist.
+    pub async fn get(&self, name: &str) -> Result<Option<Bytes>, StoreError> {
+        self.get_path(&self.path(name)).await
+    }
+
+    /// Reads the object at `path` (as a listing returned it); `None` if it does not exist.
+    pub async fn get_path(&self, path: &Path) -> Result<Option<Bytes>, StoreError> {
+        let error = |source| StoreError::Store { action: "read", url: self.url_of(path), source };
+        match self.store.get(path).await {
+            Ok(result) => Ok(Some(result.bytes().await.map_err(error)?)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(error(e)),
+        }
+    }
+
+    /// Writes `name` in one request, replacing it if it exists.
+    pub async fn put(&self, name: &str, bytes: impl Into<Bytes>) -> Result<(), StoreError> {
+        let payload = PutPayload::from_bytes(bytes.into());
+        self.store.put(&self.path(name), payload).await.map_err(|e| self.error("write", name, e))?;
+        Ok(())
+    }
+
+    /// A streaming writer of `name`: a multipart upload on object stores, in parts of
+    /// [`UPLOAD_PART_SIZE`]; the object appears once `shutdown` completes it.
+    pub fn upload(&self, name: &str) -> BufWriter {
+        BufWriter::with_capacity(Arc::clone(&self.store), self.path(name), UPLOAD_PART_SIZE)
+    }
+
+    /// Removes `name`; nothing to do if it does not exist.
+    pub async fn delete(&self, name: &str) -> Result<(), StoreError> {
+        self.delete_path(&self.path(name)).await
+    }
+
+    /// Removes the object at `path` (as a listing returned it); nothing to do if it is gone.
+    pub async fn delete_path(&self, path: &Path) -> Result<(), StoreError> {
+        match self.store.delete(path).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(StoreError::Store { action: "delete", url: self.url_of(path), source: e }),
+        }
+    }
+
+    /// Every object under the folder, recursively, in the store's order; an absent folder is
+    /// empty.
+    pub async fn list(&self) -> Result<Vec<ObjectMeta>, StoreError> {
+        match self.store.list(Some(self.url.prefix())).try_collect().await {
+            Ok(objects) => Ok(objects),
+            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
+            Err(e) => Err(StoreError::Store { action: "list", url: self.url().to_owned(), source: e }),
+        }
+    }
+
+    /// The name of `path` below this folder, `/`-separated and decoded (a listed `50%25 off`
+    /// is the folder `50% off`), so that [`Self::path`] gives `path` back; `None` if it is not
+    /// inside the folder.
+    pub fn relative_name(&self, path: &Path) -> Option<String> {
+        let parts = path.prefix_match(self.url.prefix())?;
+        let names: Vec<String> = parts
+            .map(|part| percent_encoding::percent_decode_str(part.as_ref()).decode_utf8_lossy().into_owned())
+            .collect();
+        Some(names.join("/"))
+    }
+
+    /// The URL of an object of this store, for messages.
+    fn url_of(&self, path: &Path) -> String {
+        format!("{}{path}", self.url.object_store().as_str())
+    }
+
+    fn error(&self, action: &'static str, name: &str, source: object_store::Error) -> StoreError {
+        StoreError::Store { action, url: self.child_url(name), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ballista_core::error::BallistaError;
+    use ballista_core::serde::protobuf::FailedTask;
+
+    use super::*;
+
+    fn generic() -> object_store::Error {
+        object_store::Error::Generic { store: "S3", source: "connection reset by peer".into() }
+    }
+
+    fn store_error(source: object_store::Error) -> StoreError {
+        StoreError::Store { action: "read", url: "s3://b/a.jpg".into(), source }
+    }
+
+    /// What Ballista decides for a task that failed with `error`.
+    fn retryable(error: DataFusionError) -> bool {
+        FailedTask::from(BallistaError::DataFusionError(Box::new(error))).retryable
+    }
+
+    #[test]
+    fn transient_store_failures_are_retried_by_ballista_and_refusals_are_not() {
+        assert!(retryable(store_error(generic()).into()));
+        let denied = object_store::Error::PermissionDenied { path: "a.jpg".into(), source: "403 Forbidden".into() };
+        assert!(!retryable(store_error(denied).into()));
+        let invalid = StoreError::InvalidLocation { location: "s3:/x".into(), reason: "no bucket".into() };
+        assert!(!retryable(invalid.into()));
+        // Wrapped in context on the way up, the kind is still found.
+        let wrapped = DataFusionError::from(store_error(generic())).context("while reading the images");
+        assert!(retryable(wrapped));
+    }
+
+    #[test]
+    fn writer_failures_are_classified_by_their_root() {
+        let parquet = datafusion::parquet::errors::ParquetError::External(Box::new(generic()));
+        assert!(retryable(write_error("cannot write s3://b/part.parquet".into(), parquet)));
+        let schema = datafusion::parquet::errors::ParquetError::General("schema mismatch".into());
+        let error = write_error("cannot write s3://b/part.parquet".into(), schema);
+        assert!(!retryable(error));
+    }
+
+    #[tokio::test]
+    async fn a_local_folder_reads_writes_lists_and_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = RuntimeEnv::default();
+        let root = Location::create(&dir.path().join("out").display().to_string(), &runtime).unwrap();
+        assert!(root.url().starts_with("file:///") && root.url().ends_with("/out/"), "{}", root.url());
+        assert_eq!(root.get("missing.json").await.unwrap(), None);
+        root.delete("missing.json").await.unwrap();
+
+        root.put("summary.json", Bytes::from_static(b"{}")).await.unwrap();
+        let features = root.child("features").unwrap();
+        features.put("part-a.parquet", Bytes::from_static(b"x")).await.unwrap();
+        assert_eq!(features.url(), root.child_url("features/"));
+        assert_eq!(features.parent().unwrap().url(), root.url());
+        assert_eq!(root.get("features/part-a.parquet").await.unwrap().as_deref(), Some(&b"x"[..]));
+
+        root.put("50% off/{a}.jpg", Bytes::from_static(b"y")).await.unwrap();
+        let listed = root.list().await.unwrap();
+        let mut names: Vec<String> = listed.iter().filter_map(|m| root.relative_name(&m.location)).collect();
+        names.sort();
+        assert_eq!(names, ["50% off/{a}.jpg", "features/part-a.parquet", "summary.json"]);
+        // A listed object is found again by its name.
+        for object in &listed {
+            let name = root.relative_name(&object.location).unwrap();
+            assert_eq!(root.path(&name), object.location, "{name}");
+        }
+        assert!(dir.path().join("out/50% off/{a}.jpg").is_file());
+
+        root.delete("summary.json").await.unwrap();
+        assert_eq!(root.get("summary.json").await.unwrap(), None);
+        assert!(root.child("nowhere").unwrap().list().await.unwrap().is_empty());
+    }
+}
