@@ -3,7 +3,9 @@
 //! Ballista happens once. The suites run the real binaries, engines and servers on the shared
 //! sample data and model.
 //!
-//! Run one suite with `cargo test --release -p fruits-tests -- cluster::`.
+//! Run one suite with `cargo test --release --workspace --test integration -- cluster::` (with
+//! `-p fruits-tests` instead of `--workspace`, Cargo resolves other dependency features and
+//! rebuilds DataFusion).
 
 mod support;
 

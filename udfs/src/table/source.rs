@@ -220,7 +220,7 @@ fn content_or_missing(fetched: object_store::Result<Vec<u8>>, url: &str) -> Resu
             log::warn!("{url} disappeared after listing; its row has no content");
             Ok(None)
         }
-        Err(source) => Err(StoreError::Store { action: "read", url: url.to_owned(), source }.into()),
+        Err(error) => Err(StoreError::Store { action: "read", url: url.to_owned(), error }.into()),
     }
 }
 
