@@ -260,4 +260,28 @@ fn sql_writes_featurize_results_to_parquet() {
         rows.iter()
             .all(|r| r.label.as_deref() == Some("Orange") && r.features.as_ref().is_some_and(|f| f.len() == 1280))
     );
+
+    // Again into the same folder: the earlier result is replaced.
+    let count = "SELECT label, count(*) AS n FROM images GROUP BY label";
+    assert_success(&fruits(&["sql", "--input", &input_arg, "--model", &model, "--output", &out_arg, count]));
+    let names = |dir: &Path| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .expect("read dir")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(names(&out.path().join("q")), ["part-00000.parquet"]);
+
+    // A folder that holds anything else is refused, and nothing in it is touched.
+    let keep = out.path().join("q/keep");
+    std::fs::create_dir_all(&keep).expect("mkdir");
+    std::fs::write(keep.join("x.txt"), b"mine").expect("write");
+    let refused = fruits(&["sql", "--input", &input_arg, "--model", &model, "--output", &out_arg, count]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("that `fruits sql` did not write (keep/x.txt)"), "{stderr}");
+    assert_eq!(std::fs::read(keep.join("x.txt")).expect("kept"), b"mine");
+    assert_eq!(names(&out.path().join("q")), ["keep", "part-00000.parquet"]);
 }

@@ -179,7 +179,8 @@ pub struct SqlArgs {
     pub query: String,
 
     /// Write the result as Parquet files (`part-00000.parquet`, ...) into this folder, local or
-    /// s3://, instead of printing it; Parquet files already there are replaced.
+    /// s3://, instead of printing it. The folder must be new, empty, or hold an earlier
+    /// result of `fruits sql` (replaced); a folder with anything else is refused.
     #[arg(long, short)]
     pub output: Option<String>,
 

@@ -40,6 +40,13 @@ pub async fn run(args: &SqlArgs) -> Result<()> {
     Ok(())
 }
 
+/// `part-NNNNN.parquet`: a file of a `fruits sql` result.
+fn is_part_name(name: &str) -> bool {
+    name.strip_prefix("part-")
+        .and_then(|rest| rest.strip_suffix(".parquet"))
+        .is_some_and(|n| n.len() == 5 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
 /// Streams batches into `part-00000.parquet`, `part-00001.parquet`, ... in one folder.
 struct PartWriter {
     folder: Location,
@@ -49,9 +56,26 @@ struct PartWriter {
 }
 
 impl PartWriter {
-    /// Starts writing into `folder`, replacing whatever a previous run left there.
+    /// Starts writing into `folder`, which must be empty or hold only an earlier `fruits sql`
+    /// result (its `part-NNNNN.parquet` files, which are replaced): nothing else is ever
+    /// deleted.
     async fn create(folder: Location, schema: SchemaRef) -> Result<Self> {
-        for object in folder.list().await? {
+        let objects = folder.list().await?;
+        let foreign: Vec<String> = objects
+            .iter()
+            .filter_map(|object| folder.relative_name(&object.location))
+            .filter(|name| !is_part_name(name))
+            .collect();
+        if let Some(first) = foreign.first() {
+            bail!(
+                "{} holds {} file{} that `fruits sql` did not write ({first}{}); write into an empty or new folder",
+                folder.url(),
+                foreign.len(),
+                if foreign.len() == 1 { "" } else { "s" },
+                if foreign.len() > 1 { ", ..." } else { "" }
+            );
+        }
+        for object in &objects {
             folder.delete_path(&object.location).await?;
         }
         Ok(Self { folder, schema, current: None, files: Vec::new() })
@@ -103,5 +127,20 @@ impl PartWriter {
             writer.close().await.with_context(|| format!("cannot finish {file}"))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_part_name;
+
+    #[test]
+    fn only_our_part_files_count_as_an_earlier_result() {
+        assert!(is_part_name("part-00000.parquet") && is_part_name("part-00123.parquet"));
+        for other in
+            ["part-0.parquet", "part-00000.parquet.bak", "keep/x.txt", "sub/part-00000.parquet", "data.parquet"]
+        {
+            assert!(!is_part_name(other), "{other}");
+        }
     }
 }
