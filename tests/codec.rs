@@ -27,7 +27,7 @@ fn context() -> SessionContext {
         Arc::new(Featurizer::load(ModelConfig::new(model_path()), Parallelism::for_task_slots(2)).expect("model"));
     let runtime = ObjectStores::new(S3Options::default()).runtime_env().expect("runtime");
     let config = SessionConfig::new().with_target_partitions(4);
-    let ctx = SessionContext::new_with_state(fruits_udfs::session_state(config, runtime, &Backend::Model(featurizer)));
+    let ctx = SessionContext::new_with_state(fruits_udfs::session_state(config, runtime, &Backend::model(featurizer)));
     let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100 })
         .expect("table");
     ctx.register_table("images", Arc::new(table)).expect("register");

@@ -7,6 +7,7 @@
 
 mod support;
 
+mod classifier;
 mod cluster;
 mod codec;
 mod compose;

@@ -63,6 +63,8 @@ pub struct ClusterOptions {
     pub vcores: usize,
     /// `NAME=value` pairs for every process (S3 endpoint and credentials).
     pub env: Vec<(String, String)>,
+    /// More flags for every executor (`--classifier DIR`).
+    pub executor_args: Vec<String>,
 }
 
 /// A running scheduler and its executors.
@@ -104,6 +106,7 @@ impl Cluster {
                 .args(["--inference-threads", "1"])
                 .args(["--work-dir", work_dir.to_str().expect("utf-8 path")])
                 .args(["--model", model_path().to_str().expect("utf-8 path")])
+                .args(&options.executor_args)
                 .envs(options.env.iter().cloned());
             let log = cluster._dir.path().join(format!("executor-{i}.log"));
             cluster.executors.push(Process::spawn(format!("fruits-executor {i}"), command, log));

@@ -16,6 +16,7 @@ use datafusion::logical_expr::{
 };
 
 use crate::model::Featurizer;
+use crate::predict::Classifier;
 
 /// Name of the function returning the feature vector (NULL for an unreadable image).
 pub const FEATURIZE: &str = "featurize";
@@ -44,13 +45,38 @@ enum Output {
     FeaturesOrError,
 }
 
-/// What runs a process's `featurize` calls.
+/// What runs a process's `featurize` and `predict` calls.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// An executor's (or the embedded engine's) loaded model.
-    Model(Arc<Featurizer>),
+    /// An executor's (or the embedded engine's) loaded model, and the classifier trained on its
+    /// features if the process was given one (`--classifier`): without it `predict` is planned
+    /// but fails to run, saying so.
+    Model { featurizer: Arc<Featurizer>, classifier: Option<Arc<Classifier>> },
     /// A client or scheduler: enough to plan a query, which then runs on the executors.
     PlanningOnly,
+}
+
+impl Backend {
+    /// A loaded model without a classifier.
+    pub fn model(featurizer: Arc<Featurizer>) -> Self {
+        Backend::Model { featurizer, classifier: None }
+    }
+
+    /// True when both run on the very same loaded model and classifier.
+    pub(crate) fn same_as(&self, other: &Backend) -> bool {
+        match (self, other) {
+            (Backend::Model { featurizer: a, classifier: x }, Backend::Model { featurizer: b, classifier: y }) => {
+                Arc::ptr_eq(a, b)
+                    && match (x, y) {
+                        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            }
+            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The scalar UDF behind both functions.
@@ -82,12 +108,7 @@ impl Featurize {
 
 impl PartialEq for Featurize {
     fn eq(&self, other: &Self) -> bool {
-        let same_backend = match (&self.backend, &other.backend) {
-            (Backend::Model(a), Backend::Model(b)) => Arc::ptr_eq(a, b),
-            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
-            _ => false,
-        };
-        self.output == other.output && same_backend
+        self.output == other.output && self.backend.same_as(&other.backend)
     }
 }
 
@@ -122,7 +143,7 @@ impl ScalarUDFImpl for Featurize {
         let [content] = args.args.as_slice() else {
             return exec_err!("{} takes exactly one argument, the image bytes", self.name());
         };
-        let Backend::Model(featurizer) = &self.backend else {
+        let Backend::Model { featurizer, .. } = &self.backend else {
             return exec_err!(
                 "{} runs on executors, which load the model; this process (a client or scheduler) has none",
                 self.name()
