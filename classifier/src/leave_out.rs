@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ClassifierError, Result};
 use crate::score::ScoreKind;
 use crate::split::SplitCounter;
-use crate::trainer::{Pass, PassKind, Row, ScoreEvaluation, TrainOptions, Trainer, check_columns};
+use crate::trainer::{Pass, PassKind, Row, ScoreEvaluation, TrainOptions, Trainer, for_each_row};
 
 /// Which label sets to hold out, one trainer each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,11 +201,7 @@ impl LeaveClassesOut {
         features: &[f32],
         dim: usize,
     ) -> Result<()> {
-        check_columns(keys.len(), labels.len(), features.len(), dim)?;
-        for ((key, label), x) in keys.iter().zip(labels).zip(features.chunks_exact(dim)) {
-            self.feed_row(key.as_ref(), label.as_ref(), x)?;
-        }
-        Ok(())
+        for_each_row(keys, labels, features, dim, |key, label, x| self.feed_row(key, label, x))
     }
 
     pub fn feed_row(&mut self, key: &str, label: &str, features: &[f32]) -> Result<()> {

@@ -295,11 +295,7 @@ impl Trainer {
         features: &[f32],
         dim: usize,
     ) -> Result<()> {
-        check_columns(keys.len(), labels.len(), features.len(), dim)?;
-        for ((key, label), x) in keys.iter().zip(labels).zip(features.chunks_exact(dim.max(1))) {
-            self.feed_row(key.as_ref(), label.as_ref(), x)?;
-        }
-        Ok(())
+        for_each_row(keys, labels, features, dim, |key, label, x| self.feed_row(key, label, x))
     }
 
     /// Feeds one row of the current pass.
@@ -586,15 +582,28 @@ impl Trainer {
     }
 }
 
-pub(crate) fn check_columns(keys: usize, labels: usize, values: usize, dim: usize) -> Result<()> {
-    if keys != labels {
-        return Err(ClassifierError::BatchLength { keys, labels });
+/// Calls `f` with each row of a batch in columns (`features` holds `keys.len()` rows of `dim`
+/// values), after checking that the columns fit together: what `feed_columns` of the trainer
+/// and of the leave-out evaluation share.
+pub(crate) fn for_each_row<K: AsRef<str>, L: AsRef<str>>(
+    keys: &[K],
+    labels: &[L],
+    features: &[f32],
+    dim: usize,
+    mut f: impl FnMut(&str, &str, &[f32]) -> Result<()>,
+) -> Result<()> {
+    let (rows, values) = (keys.len(), features.len());
+    if rows != labels.len() {
+        return Err(ClassifierError::BatchLength { keys: rows, labels: labels.len() });
     }
     if dim == 0 {
         return Err(ClassifierError::ZeroDimension);
     }
-    if values != keys * dim {
-        return Err(ClassifierError::RaggedBatch { values, rows: keys, dim });
+    if values != rows * dim {
+        return Err(ClassifierError::RaggedBatch { values, rows, dim });
+    }
+    for ((key, label), x) in keys.iter().zip(labels).zip(features.chunks_exact(dim)) {
+        f(key.as_ref(), label.as_ref(), x)?;
     }
     Ok(())
 }

@@ -155,7 +155,8 @@ impl Location {
     pub fn parent(&self) -> Option<Self> {
         let trimmed = self.url.as_str().trim_end_matches('/');
         let (parent, _) = trimmed.rsplit_once('/')?;
-        if parent.ends_with(':') || parent.ends_with("//") || parent.ends_with(":/") {
+        // `s3://bucket` splits into `s3:/` and `file:///dir` into `file://`: the store's root.
+        if parent.ends_with("//") || parent.ends_with(":/") {
             return None;
         }
         let url = ListingTableUrl::parse(format!("{parent}/")).ok()?;
