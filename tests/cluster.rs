@@ -111,7 +111,7 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     let json = last_json_line(&run.stdout);
     assert_eq!(json["run_id"], summary.run_id.as_str(), "--json prints the run's summary");
     assert_eq!(json["pca"]["mode"], "distributed");
-    let projections = crate::support::pca::parse_projections(garage.get(&bucket, "out/pca/part-00000.parquet"));
+    let projections = crate::support::pca::parse_projections(garage.get(&bucket, &format!("out/pca/part-{}.parquet", summary.run_id)));
     crate::support::pca::ReferencePca::load().assert_matches(&json["pca"], &projections);
     let sample_bytes: u64 = garage.list(&bucket, "Test").iter().map(|(_, size)| size).sum();
     let client_read = summary.client_bytes_read.expect("measured on Linux");

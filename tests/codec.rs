@@ -14,7 +14,7 @@ use datafusion_proto::bytes::{
 };
 use fruits_udfs::{
     Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Location, Manifest,
-    ModelConfig, ObjectStores, Parallelism, S3Options, ScanOptions, WriteFeatures,
+    Lease, ModelConfig, ObjectStores, Parallelism, PartFile, RunId, S3Options, ScanOptions, WriteFeatures,
 };
 
 use crate::support::{model_path, read_committed, sample_dir};
@@ -28,7 +28,7 @@ fn context() -> SessionContext {
     let runtime = ObjectStores::new(S3Options::default()).runtime_env().expect("runtime");
     let config = SessionConfig::new().with_target_partitions(4);
     let ctx = SessionContext::new_with_state(fruits_udfs::session_state(config, runtime, &Backend::Model(featurizer)));
-    let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100 })
+    let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100, ..ScanOptions::default() })
         .expect("table");
     ctx.register_table("images", Arc::new(table)).expect("register");
     ctx
@@ -79,12 +79,13 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
     let ctx = context();
     let out = tempfile::tempdir().expect("temp dir");
     let url = format!("file://{}/features/", out.path().display());
+    let run = RunId::new();
     let select = ctx
         .sql("SELECT path, label, featurize_or_error(content) AS result FROM images WHERE label = 'Mangostan'")
         .await
         .expect("sql")
         .into_unoptimized_plan();
-    let plan = WriteFeatures::try_new(select, url.as_str(), "run1").expect("write node").to_plan().expect("plan");
+    let plan = WriteFeatures::try_new(select, url.as_str(), &run).expect("write node").to_plan().expect("plan");
 
     let logical = FruitsLogicalCodec::default();
     let bytes = logical_plan_to_bytes_with_extension_codec(&plan, &logical).expect("encode");
@@ -102,13 +103,16 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
 
     let partitions = decoded.properties().output_partitioning().partition_count();
     let reports = collect(decoded, ctx.task_ctx()).await.expect("run the write");
-    let manifest = Manifest::from_reports("run1", &reports).expect("manifest");
+    let manifest = Manifest::from_reports(run.as_str(), &reports).expect("manifest");
     assert_eq!(manifest.files.len(), partitions);
     assert_eq!((manifest.rows, manifest.failed), (300, 0));
-    assert!(manifest.files.iter().all(|f| f.file.starts_with("part-") && f.file.contains("-run1-")));
+    assert!(manifest.files.iter().all(|f| PartFile::parse(&f.file).is_some_and(|p| p.run == run)));
 
     let folder = FeaturesDir::new(Location::parse(&url, &ctx.runtime_env()).expect("features folder"));
-    folder.commit(&manifest).await.expect("commit");
+    let output = Location::parse(&out.path().display().to_string(), &ctx.runtime_env()).expect("output");
+    let lease = Lease::acquire(&output, run.as_str()).await.expect("lease");
+    folder.commit(&manifest, &lease).await.expect("commit");
+    lease.release().await.expect("release");
     let committed = read_committed(&out.path().join("features"));
     assert_eq!(committed.rows.len(), 300);
     assert!(committed.rows.iter().all(|r| r.label.as_deref() == Some("Mangostan") && r.features.is_some()));

@@ -53,8 +53,8 @@ fn compose_cluster_runs_the_job_and_survives_a_killed_and_a_disconnected_executo
     let Committed { manifest, rows } = read_committed(&out.join("features"));
     assert_each_image_once(&rows, images);
     assert!(rows.iter().all(|r| r.features.as_ref().is_some_and(|f| f.len() == 1280)), "every image featurized");
-    for file in ["summary.json", "pca.png", "pca/part-00000.parquet"] {
-        let size = std::fs::metadata(out.join(file)).map(|m| m.len()).unwrap_or(0);
+    for file in ["summary.json".to_owned(), "pca.png".to_owned(), format!("pca/part-{}.parquet", summary.run_id)] {
+        let size = std::fs::metadata(out.join(&file)).map(|m| m.len()).unwrap_or(0);
         assert!(size > 0, "{file} is missing from the host output folder {}", out.display());
     }
     assert_eq!(read_summary(out).run_id, summary.run_id);

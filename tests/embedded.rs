@@ -10,7 +10,7 @@ fn model() -> String {
     model_path().display().to_string()
 }
 
-fn run_job(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
+pub(crate) fn run_job(input: &Path, output: &Path, extra: &[&str]) -> std::process::Output {
     let (input, output, model) = (input.display().to_string(), output.display().to_string(), model());
     let mut args = vec!["run", "--input", &input, "--output", &output, "--model", &model];
     args.extend_from_slice(extra);
@@ -69,24 +69,6 @@ fn run_featurizes_the_whole_sample_like_the_reference() {
     );
 }
 
-/// Copies `n` images of `label` from the sample into `dir/label/`.
-fn copy_sample_images(dir: &Path, label: &str, n: usize) -> Vec<String> {
-    let from = sample_dir().join(label);
-    let to = dir.join(label);
-    std::fs::create_dir_all(&to).expect("mkdir");
-    let mut names: Vec<_> =
-        std::fs::read_dir(&from).expect("read sample").map(|e| e.expect("entry").file_name()).collect();
-    names.sort();
-    names
-        .into_iter()
-        .take(n)
-        .map(|name| {
-            std::fs::copy(from.join(&name), to.join(&name)).expect("copy");
-            name.to_string_lossy().into_owned()
-        })
-        .collect()
-}
-
 #[test]
 fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
     let input = tempfile::tempdir().expect("temp dir");
@@ -135,42 +117,6 @@ fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("featurized 5, failed 3"), "{stdout}");
     assert!(stdout.contains("truncated.jpg: truncated JPEG"), "{stdout}");
-}
-
-/// File names in a local folder, sorted.
-fn file_names(dir: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").file_name().into_string().expect("utf-8"))
-        .collect();
-    names.sort();
-    names
-}
-
-#[test]
-fn rerunning_into_the_same_output_replaces_the_result() {
-    let input = tempfile::tempdir().expect("temp dir");
-    copy_sample_images(input.path(), "Pear", 2);
-    let out = tempfile::tempdir().expect("temp dir");
-    let features = out.path().join("features");
-    std::fs::create_dir_all(&features).expect("mkdir");
-    std::fs::write(features.join("part-00007-old-run.parquet"), b"stale").expect("write");
-    assert_success(&run_job(input.path(), out.path(), &[]));
-    let first = read_summary(out.path());
-
-    copy_sample_images(input.path(), "Avocado", 1);
-    let quiet = run_job(input.path(), out.path(), &["--quiet"]);
-    assert_success(&quiet);
-    assert!(quiet.stdout.is_empty() && quiet.stderr.is_empty(), "--quiet printed {quiet:?}");
-    let second = read_summary(out.path());
-    assert_ne!(first.run_id, second.run_id);
-    assert_eq!(read_committed(&features).rows.len(), 3);
-
-    // Only this run's files and the manifest are left.
-    let mut expected = second.files.clone();
-    expected.push("_SUCCESS".to_owned());
-    expected.sort();
-    assert_eq!(file_names(&features), expected);
 }
 
 #[test]

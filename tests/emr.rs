@@ -107,7 +107,8 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
     let writers: BTreeSet<&str> =
         manifest.files.iter().map(|f| f.written_by.split(':').next().unwrap_or_default()).collect();
     assert_eq!(writers, CORE_HOSTS.into(), "both core nodes write features");
-    for file in ["out/summary.json", "out/pca.png", "out/pca/part-00000.parquet"] {
+    let projections = format!("out/pca/part-{}.parquet", manifest.run_id);
+    for file in ["out/summary.json", "out/pca.png", projections.as_str()] {
         assert!(s3.try_get(file).is_some_and(|b| !b.is_empty()), "s3://fruits/{file} is missing");
     }
 

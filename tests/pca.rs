@@ -7,9 +7,10 @@ use std::path::Path;
 use crate::support::pca::{ReferencePca, largest_difference_up_to_sign, parse_projections};
 use crate::support::*;
 
-/// `pca/part-00000.parquet` of a local output.
+/// `pca/part-<run>.parquet` of a local output, for the run its `summary.json` names.
 fn read_projections(output: &Path) -> HashMap<String, Vec<f64>> {
-    parse_projections(Bytes::from(std::fs::read(output.join("pca/part-00000.parquet")).expect("pca parquet")))
+    let file = output.join(format!("pca/part-{}.parquet", read_summary(output).run_id));
+    parse_projections(Bytes::from(std::fs::read(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()))))
 }
 
 /// Panics unless two `pca` summaries explain the same variance per component, within 1e-4.

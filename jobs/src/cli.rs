@@ -216,11 +216,21 @@ pub struct InputArgs {
     /// Most image files in one task.
     #[arg(long, default_value_t = ScanOptions::default().files_per_partition as u64, value_parser = clap::value_parser!(u64).range(1..))]
     pub files_per_partition: u64,
+
+    /// Largest image file read, in bytes (at most 1 GiB): a larger file is not read, and its row
+    /// says so.
+    #[arg(
+        long,
+        env = "FRUITS_MAX_IMAGE_BYTES",
+        default_value_t = ScanOptions::default().max_image_bytes,
+        value_parser = clap::value_parser!(u64).range(1..=ScanOptions::MAX_IMAGE_BYTES_LIMIT)
+    )]
+    pub max_image_bytes: u64,
 }
 
 impl InputArgs {
     pub fn scan_options(&self) -> ScanOptions {
-        ScanOptions { files_per_partition: self.files_per_partition as usize }
+        ScanOptions { files_per_partition: self.files_per_partition as usize, max_image_bytes: self.max_image_bytes }
     }
 }
 

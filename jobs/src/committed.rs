@@ -1,6 +1,8 @@
-//! Reading a committed features folder the way every reader must: the `_SUCCESS` manifest
-//! first, then only the files it lists. The client reads them with a local DataFusion session
-//! on its own object stores, without a round trip through the cluster.
+//! Reading the features of a run the way every reader must: through its manifest, only the files
+//! it lists. A committed run is opened from the `_SUCCESS` manifest; a run that has just
+//! written its files is read through the manifest it is about to commit (so that its PCA is
+//! ready before the commit). The client reads them with a local DataFusion session on its own
+//! object stores, without a round trip through the cluster.
 
 use anyhow::{Context, Result, bail, ensure};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -13,8 +15,8 @@ use futures::{Stream, StreamExt};
 
 use crate::summary::FailedImage;
 
-/// A features folder and the manifest of the run committed there.
-pub struct CommittedFeatures {
+/// The feature files of one run: a features folder and the manifest that lists them.
+pub struct FeatureFiles {
     pub folder: FeaturesDir,
     pub manifest: Manifest,
 }
@@ -29,7 +31,7 @@ pub struct Block {
     pub without_features: u64,
 }
 
-impl CommittedFeatures {
+impl FeatureFiles {
     /// The committed run in `folder`; an error saying what to do if there is none.
     pub async fn open(folder: FeaturesDir) -> Result<Self> {
         let Some(manifest) = folder.manifest().await? else {

@@ -1,8 +1,9 @@
 //! The featurize job: every image under the input embedded and written by the engine's tasks
-//! into `OUTPUT/features/`, then committed by this process with the `_SUCCESS` manifest.
+//! into `OUTPUT/features/`, next to the result committed there before, which it leaves alone.
+//! The commit is the caller's (see `commands::run`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use ballista_core::extension::SessionConfigExt;
@@ -11,14 +12,16 @@ use datafusion::arrow::datatypes::Int64Type;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use fruits_pca::Moments;
-use fruits_udfs::{FEATURIZE_OR_ERROR, FeaturesDir, IMAGES_TABLE, Location, WriteFeatures, WriteResult};
+use fruits_udfs::{
+    FEATURIZE_OR_ERROR, FeaturesDir, IMAGES_TABLE, Location, READ_ERROR, RunId, WriteFeatures, WriteResult,
+};
 use indicatif::ProgressBar;
 
 use crate::cli::PcaMode;
-use crate::committed::CommittedFeatures;
+use crate::committed::FeatureFiles;
 use crate::engine::{Engine, Mode};
 use crate::progress::{counting_bar, track_cluster_job};
-use crate::summary::{SUMMARY_FILE, Summary};
+use crate::summary::Summary;
 
 /// Name of the features folder inside the output.
 pub const FEATURES_DIR: &str = "features/";
@@ -30,19 +33,19 @@ pub const FEATURES_DIR: &str = "features/";
 /// 2.2 GB, 2,048 (26 tasks) at 0.72 GB, in the same job time.
 const MIN_FILES_PER_MOMENTS_TASK: usize = 2048;
 
-/// A committed run.
+/// A run whose feature files are written, not yet committed.
 pub struct Featurized {
     /// What the run did (its `pca` part still empty); not written yet.
     pub summary: Summary,
-    /// What was committed.
-    pub committed: CommittedFeatures,
+    /// The files written, and the manifest that will commit them.
+    pub files: FeatureFiles,
     /// The feature moments the executors aggregated, when the PCA is to be distributed.
     pub moments: Option<Moments>,
 }
 
-/// Runs the job over the images registered on `engine` and commits it in `output`'s features
-/// folder. Until the commit, the output holds no finished result: the previous manifest and
-/// summary are withdrawn first.
+/// Runs the job over the images registered on `engine`, writing run `run_id`'s files into
+/// `features` (the features folder of `output`). Nothing is committed or withdrawn: until the
+/// caller commits, readers keep seeing the previous result.
 ///
 /// With `pca` resolving to [`PcaMode::Distributed`] for the number of images, every task also
 /// returns the moments of its features and a final aggregate of the same job merges them.
@@ -50,34 +53,33 @@ pub async fn run(
     engine: &Engine,
     input: &str,
     output: &Location,
+    features: &FeaturesDir,
+    run_id: &RunId,
     pca: Option<PcaMode>,
     quiet: bool,
 ) -> Result<Featurized> {
     let started = Instant::now();
     let read_before = bytes_read();
-    let features = FeaturesDir::new(output.child(FEATURES_DIR)?);
 
     let total = count_images(engine).await.with_context(|| format!("cannot list the images under {input}"))?;
     if total == 0 {
         bail!("no image files (.jpg, .jpeg, .png) found under {input}");
     }
-    features.begin().await?;
-    output.delete(SUMMARY_FILE).await?;
-
-    let run_id = new_run_id();
     let with_moments = pca.is_some_and(|mode| mode.resolve(total) == PcaMode::Distributed);
     if with_moments {
         engine.widen_image_tasks(input, MIN_FILES_PER_MOMENTS_TASK).await?;
     }
-    let query = format!("SELECT path, label, {FEATURIZE_OR_ERROR}(content) AS result FROM {IMAGES_TABLE}");
+    let query = format!(
+        "SELECT path, label, {FEATURIZE_OR_ERROR}(content, {READ_ERROR}) AS result FROM {IMAGES_TABLE}"
+    );
     let select = engine.ctx.sql(&query).await?.into_unoptimized_plan();
-    let write = WriteFeatures::try_new(select, features.url(), &run_id)?.with_moments(with_moments);
+    let write = WriteFeatures::try_new(select, features.url(), run_id)?.with_moments(with_moments);
 
     let bar = counting_bar(total, "images", quiet);
-    let ticker = track_progress(engine, &bar, &run_id);
+    let ticker = track_progress(engine, &bar, run_id);
     // The run id names the Ballista job, so its progress can be found on the scheduler.
     let state = SessionStateBuilder::new_from_existing(engine.ctx.state())
-        .with_config(engine.ctx.copied_config().with_ballista_job_name(&job_name(&run_id)))
+        .with_config(engine.ctx.copied_config().with_ballista_job_name(&job_name(run_id)))
         .build();
     let result = DataFrame::new(state, write.to_plan()?).collect().await;
     ticker.abort();
@@ -91,19 +93,16 @@ pub async fn run(
             manifest.rows
         );
     }
-    let removed = features.commit(&manifest).await?;
-    log::info!("committed run {run_id}: {} files, {removed} stale files removed", manifest.files.len());
-    let committed = CommittedFeatures { folder: features, manifest };
-
-    let failed = committed.failures(&engine.ctx).await?;
+    let files = FeatureFiles { folder: features.clone(), manifest };
+    let failed = files.failures(&engine.ctx).await?;
     let seconds = started.elapsed().as_secs_f64();
-    let manifest = &committed.manifest;
+    let manifest = &files.manifest;
     let summary = Summary {
         input: input.to_owned(),
         output: output.url().to_owned(),
         model: engine.featurizer().map(|f| f.config().model_path.display().to_string()),
         engine: engine.describe(),
-        run_id,
+        run_id: run_id.to_string(),
         rows_in: total,
         rows_out: manifest.rows,
         featurized: manifest.rows - manifest.failed,
@@ -114,7 +113,7 @@ pub async fn run(
         client_bytes_read: bytes_read().zip(read_before).map(|(after, before)| after.saturating_sub(before)),
         pca: None,
     };
-    Ok(Featurized { summary, committed, moments })
+    Ok(Featurized { summary, files, moments })
 }
 
 /// Number of image files under the registered `images` table (from the listing's exact
@@ -130,7 +129,7 @@ async fn count_images(engine: &Engine) -> Result<u64> {
 }
 
 /// The Ballista job name of run `run_id`.
-fn job_name(run_id: &str) -> String {
+fn job_name(run_id: &RunId) -> String {
     format!("fruits run {run_id}")
 }
 
@@ -141,16 +140,10 @@ fn bytes_read() -> Option<u64> {
     io.lines().find_map(|line| line.strip_prefix("rchar:"))?.trim().parse().ok()
 }
 
-/// `<unix seconds>-<random>`: sorts by time, unique across clients.
-fn new_run_id() -> String {
-    let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    format!("{seconds}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6])
-}
-
 /// Moves `bar` while the job runs. On the embedded engine the model counts the images it has
 /// seen; on a cluster the scheduler's job status says which tasks are done and how many images
 /// they read (Ballista hands results back only when the job ends).
-fn track_progress(engine: &Engine, bar: &ProgressBar, run_id: &str) -> tokio::task::JoinHandle<()> {
+fn track_progress(engine: &Engine, bar: &ProgressBar, run_id: &RunId) -> tokio::task::JoinHandle<()> {
     match &engine.mode {
         Mode::Embedded { featurizer, .. } => {
             let (bar, featurizer) = (bar.clone(), Arc::clone(featurizer));

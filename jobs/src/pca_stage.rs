@@ -1,5 +1,9 @@
-//! The PCA stage: committed features in; `pca/` projections, `pca.png`, the explained variance
-//! (and `features.csv` on request) out, next to the features.
+//! The PCA stage: a run's features in; `pca/part-<run>.parquet` projections, `pca.png`, the
+//! explained variance (and `features.csv` on request) out, next to the features.
+//!
+//! The projections are written under the run's name before the run commits, so a reader of
+//! the previous result still finds its own; `pca.png` and `features.csv` are views of the
+//! committed run, written after the commit (see `commands::run`) and naming their run.
 //!
 //! Two ways to the covariance, one result (equal within 1e-4, tested):
 //! - `memory`: every feature vector is read into this process and fitted there. Fastest while
@@ -19,13 +23,13 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::execution::FunctionRegistry;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::prelude::{SessionContext, col};
-use fruits_pca::{FeatureMatrix, Moments, Pca, scatter_png};
-use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, decode_moments};
+use fruits_pca::{FeatureMatrix, Moments, Pca, scatter_png, with_text_chunk};
+use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, RunId, decode_moments};
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
 use crate::cli::{PcaMode, PcaOptions};
-use crate::committed::{Block, CommittedFeatures};
+use crate::committed::{Block, FeatureFiles};
 use crate::summary::PcaSummary;
 
 /// Size of `pca.png`, in pixels: readable on a laptop screen and in a report.
@@ -41,29 +45,47 @@ struct Projected {
     without_features: u64,
 }
 
-/// Fits a PCA on `committed` and writes its outputs into `output`. `moments`, when the
+/// Where the PCA outputs go in the output folder.
+pub const PLOT_FILE: &str = "pca.png";
+pub const CSV_FILE: &str = "features.csv";
+const PROJECTIONS_DIR: &str = "pca/";
+
+/// A fitted PCA whose projections are written; its plot is rendered, not yet published.
+pub struct PcaOutput {
+    pub summary: PcaSummary,
+    /// `pca.png`, naming the run in a `fruits:run` text chunk; `None` for fewer than 2 components.
+    plot: Option<Vec<u8>>,
+    csv: bool,
+}
+
+/// The projections file of run `run_id`, relative to the output folder.
+fn projections_file(run_id: &str) -> String {
+    format!("{PROJECTIONS_DIR}part-{run_id}.parquet")
+}
+
+/// Fits a PCA on `features` and writes its projections into `output`. `moments`, when the
 /// featurize job already aggregated them, make it distributed.
-pub async fn run(
+pub async fn fit(
     ctx: &SessionContext,
-    committed: &CommittedFeatures,
+    features: &FeatureFiles,
     output: &Location,
     options: PcaOptions,
     moments: Option<Moments>,
-) -> Result<PcaSummary> {
+) -> Result<PcaOutput> {
     let started = Instant::now();
-    let manifest = &committed.manifest;
+    let manifest = &features.manifest;
     let mode = if moments.is_some() { PcaMode::Distributed } else { options.mode.resolve(manifest.rows) };
 
     let (pca, projected) = match mode {
         PcaMode::Distributed => {
             let moments = match moments {
                 Some(moments) => moments,
-                None => aggregate_moments(ctx, committed).await?,
+                None => aggregate_moments(ctx, features).await?,
             };
             check_moments(&moments, manifest)?;
             let pca = Pca::from_moments(&moments, options.k).context("PCA failed")?;
             let mut projected = Projected::default();
-            let mut blocks = std::pin::pin!(committed.blocks(ctx).await?);
+            let mut blocks = std::pin::pin!(features.blocks(ctx).await?);
             while let Some(block) = blocks.try_next().await? {
                 let values = if block.values.is_empty() {
                     Vec::new()
@@ -77,7 +99,7 @@ pub async fn run(
         PcaMode::Memory | PcaMode::Auto => {
             let mut all = Projected::default();
             let (mut values, mut dim) = (Vec::new(), 0);
-            let mut blocks = std::pin::pin!(committed.blocks(ctx).await?);
+            let mut blocks = std::pin::pin!(features.blocks(ctx).await?);
             while let Some(mut block) = blocks.try_next().await? {
                 if dim == 0 {
                     dim = block.dim;
@@ -86,7 +108,7 @@ pub async fn run(
                 values.append(&mut block.values);
                 all.extend(block, Vec::new());
             }
-            ensure!(dim > 0, "no row of {} has features: nothing to fit", committed.folder.url());
+            ensure!(dim > 0, "no row of {} has features: nothing to fit", features.folder.url());
             let matrix = FeatureMatrix::new(&values, dim)?;
             let pca = Pca::fit(matrix, options.k).context("PCA failed")?;
             all.values = pca.project(matrix)?;
@@ -95,20 +117,22 @@ pub async fn run(
     };
     let k = pca.n_components();
 
-    let mut files_written = vec!["pca/part-00000.parquet".to_owned()];
-    output.put(&files_written[0], projections_parquet(&projected, k)?).await?;
-    if k >= 2 {
+    let projections = projections_file(&manifest.run_id);
+    output.put(&projections, projections_parquet(&projected, k)?).await?;
+    let mut files_written = vec![projections];
+    let plot = if k >= 2 {
         let points: Vec<[f64; 2]> = projected.values.chunks(k).map(|p| [p[0], p[1]]).collect();
         let ratio = pca.explained_variance_ratio();
         let png = scatter_png(&points, &projected.labels, [ratio[0], ratio[1]], PLOT_SIZE.0, PLOT_SIZE.1)?;
-        output.put("pca.png", png).await?;
-        files_written.push("pca.png".to_owned());
-    }
+        files_written.push(PLOT_FILE.to_owned());
+        Some(with_text_chunk(&png, "fruits:run", &manifest.run_id)?)
+    } else {
+        None
+    };
     if options.csv {
-        write_csv(ctx, committed, output, "features.csv").await?;
-        files_written.push("features.csv".to_owned());
+        files_written.push(CSV_FILE.to_owned());
     }
-    Ok(PcaSummary {
+    let summary = PcaSummary {
         components: k,
         mode,
         rows: pca.n_samples(),
@@ -118,7 +142,40 @@ pub async fn run(
         cumulative_explained_variance_ratio: pca.cumulative_explained_variance_ratio(),
         files: files_written,
         seconds: started.elapsed().as_secs_f64(),
-    })
+    };
+    Ok(PcaOutput { summary, plot, csv: options.csv })
+}
+
+impl PcaOutput {
+    /// Writes the views of the committed run `features`: `pca.png` and, if asked,
+    /// `features.csv`.
+    pub async fn publish(&self, ctx: &SessionContext, features: &FeatureFiles, output: &Location) -> Result<()> {
+        if let Some(plot) = &self.plot {
+            output.put(PLOT_FILE, plot.clone()).await?;
+        }
+        if self.csv {
+            write_csv(ctx, features, output, CSV_FILE).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Deletes the projections of runs other than `run_id` from `output`'s `pca/` folder (and the
+/// `part-00000.parquet` of fruits before run-named projections); nothing else there.
+pub async fn remove_leftovers(output: &Location, run_id: &str) -> Result<Vec<String>> {
+    let folder = output.child(PROJECTIONS_DIR)?;
+    let keep = projections_file(run_id);
+    let mut removed = Vec::new();
+    for object in folder.list().await? {
+        let Some(name) = folder.relative_name(&object.location) else { continue };
+        let run = name.strip_prefix("part-").and_then(|n| n.strip_suffix(".parquet"));
+        let ours = run.is_some_and(|run| run == "00000" || RunId::parse(run).is_some());
+        if ours && format!("{PROJECTIONS_DIR}{name}") != keep {
+            folder.delete_path(&object.location).await?;
+            removed.push(format!("{PROJECTIONS_DIR}{name}"));
+        }
+    }
+    Ok(removed)
 }
 
 impl Projected {
@@ -131,9 +188,9 @@ impl Projected {
 }
 
 /// `feature_moments(features)` over the committed files, on `ctx`'s engine.
-async fn aggregate_moments(ctx: &SessionContext, committed: &CommittedFeatures) -> Result<Moments> {
+async fn aggregate_moments(ctx: &SessionContext, features: &FeatureFiles) -> Result<Moments> {
     let moments = ctx.udaf(FEATURE_MOMENTS)?;
-    let batches = committed
+    let batches = features
         .frame(ctx)
         .await?
         .aggregate(vec![], vec![moments.call(vec![col("features")])])?
@@ -179,9 +236,9 @@ fn projections_parquet(projected: &Projected, k: usize) -> Result<Vec<u8>> {
 
 /// `path,label,f0,...` with one row per featurized image, as the reference pipeline wrote it;
 /// streamed from the committed files into a multipart upload, a batch at a time.
-async fn write_csv(ctx: &SessionContext, committed: &CommittedFeatures, output: &Location, name: &str) -> Result<()> {
+async fn write_csv(ctx: &SessionContext, features: &FeatureFiles, output: &Location, name: &str) -> Result<()> {
     let mut upload = output.upload(name);
-    let mut blocks = std::pin::pin!(committed.blocks(ctx).await?);
+    let mut blocks = std::pin::pin!(features.blocks(ctx).await?);
     let mut header_written = false;
     while let Some(block) = blocks.try_next().await? {
         if block.values.is_empty() {

@@ -16,7 +16,7 @@ mod reference_tests;
 
 pub use moments::Moments;
 pub use pca::Pca;
-pub use plot::{label_colour, scatter_png};
+pub use plot::{label_colour, scatter_png, with_text_chunk};
 
 /// Everything that can go wrong, phrased for the person who has to fix the input.
 #[derive(Debug, thiserror::Error, PartialEq)]

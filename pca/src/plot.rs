@@ -202,6 +202,36 @@ fn padded_ranges<'a>(points: impl Iterator<Item = &'a (f64, f64)>) -> (std::ops:
     (pad(x0, x1), pad(y0, y1))
 }
 
+/// `png` with a `tEXt` chunk `keyword: text` right after its header, where image viewers and
+/// `exiftool` show it: a plot can say which run it describes. Latin-1 printable text only, as
+/// the PNG specification wants for `tEXt`.
+pub fn with_text_chunk(png: &[u8], keyword: &str, text: &str) -> Result<Vec<u8>, PcaError> {
+    const SIGNATURE_AND_HEADER: usize = 8 + 4 + 4 + 13 + 4;
+    let printable = |s: &str| s.bytes().all(|b| (0x20..0x7f).contains(&b));
+    if !(1..=79).contains(&keyword.len()) || !printable(keyword) || !printable(text) {
+        return Err(PcaError::Plot(format!("cannot write the PNG text {keyword:?}: {text:?}")));
+    }
+    if png.len() < SIGNATURE_AND_HEADER || &png[12..16] != b"IHDR" {
+        return Err(PcaError::Plot("not a PNG with its header first".into()));
+    }
+    let mut data = Vec::with_capacity(keyword.len() + 1 + text.len());
+    data.extend_from_slice(keyword.as_bytes());
+    data.push(0);
+    data.extend_from_slice(text.as_bytes());
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(b"tEXt");
+    crc.update(&data);
+
+    let mut out = Vec::with_capacity(png.len() + data.len() + 12);
+    out.extend_from_slice(&png[..SIGNATURE_AND_HEADER]);
+    out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+    out.extend_from_slice(b"tEXt");
+    out.extend_from_slice(&data);
+    out.extend_from_slice(&crc.finalize().to_be_bytes());
+    out.extend_from_slice(&png[SIGNATURE_AND_HEADER..]);
+    Ok(out)
+}
+
 fn encode_png(rgb: &[u8], width: u32, height: u32) -> Result<Vec<u8>, PcaError> {
     let mut out = Vec::new();
     let mut encoder = png::Encoder::new(&mut out, width, height);
@@ -251,6 +281,13 @@ mod tests {
         let names: Vec<String> = (0..45).map(|i| format!("label {i:02}")).collect();
         let points: Vec<[f64; 2]> = (0..names.len()).map(|i| [i as f64, 1.0]).collect();
         let png = scatter_png(&points, &names, [0.5, 0.25], 640, 480).unwrap();
+        let annotated = with_text_chunk(&png, "fruits:run", "1764650000-abcdef").unwrap();
+        let reader = png::Decoder::new(std::io::Cursor::new(&annotated[..])).read_info().unwrap();
+        let texts: Vec<(&str, &str)> =
+            reader.info().uncompressed_latin1_text.iter().map(|t| (t.keyword.as_str(), t.text.as_str())).collect();
+        assert_eq!(texts, [("fruits:run", "1764650000-abcdef")]);
+        assert_eq!(decode(&annotated), decode(&png));
+        assert!(with_text_chunk(&png, "k", "pêche").is_err());
         let (w, h, colours) = decode(&png);
         assert_eq!((w, h), (640, 480));
         assert!(PALETTE.iter().all(|&c| has(&colours, c)));

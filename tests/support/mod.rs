@@ -85,6 +85,24 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// Copies `n` images of `label` from the sample into `dir/label/`.
+pub fn copy_sample_images(dir: &Path, label: &str, n: usize) -> Vec<String> {
+    let from = sample_dir().join(label);
+    let to = dir.join(label);
+    std::fs::create_dir_all(&to).expect("mkdir");
+    let mut names: Vec<_> =
+        std::fs::read_dir(&from).expect("read sample").map(|e| e.expect("entry").file_name()).collect();
+    names.sort();
+    names
+        .into_iter()
+        .take(n)
+        .map(|name| {
+            std::fs::copy(from.join(&name), to.join(&name)).expect("copy");
+            name.to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
 /// Runs `fruits` with `args` and returns what it printed and its exit status.
 pub fn fruits(args: &[&str]) -> Output {
     Command::new(binary("fruits")).args(args).output().expect("cannot start fruits")

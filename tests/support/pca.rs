@@ -69,7 +69,7 @@ pub fn largest_difference_up_to_sign<A: AsRef<[f64]>, B: AsRef<[f64]>>(
     worst
 }
 
-/// `pca/part-00000.parquet` as `path -> [pc1, pc2, ...]`.
+/// `pca/part-<run>.parquet` as `path -> [pc1, pc2, ...]`.
 pub fn parse_projections(parquet: Bytes) -> HashMap<String, Vec<f64>> {
     let reader = ParquetRecordBatchReaderBuilder::try_new(parquet).expect("metadata").build().expect("reader");
     let mut rows = HashMap::new();

@@ -16,7 +16,6 @@ use datafusion::common::{TableReference, internal_datafusion_err};
 use datafusion::datasource::file_format::FileFormatFactory;
 use datafusion::datasource::physical_plan::FileScanConfig;
 use datafusion::datasource::source::DataSourceExec;
-use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::TaskContext;
 use datafusion::logical_expr::{AggregateUDF, Extension, HigherOrderUDF, LogicalPlan, ScalarUDF, WindowUDF};
@@ -31,8 +30,8 @@ use datafusion_proto::physical_plan::{
 };
 use prost::Message;
 
-use crate::sink::{FeaturesSinkExec, WriteFeatures};
-use crate::table::{ImageSource, ImagesTable, ScanOptions, images_schema};
+use crate::sink::{FeaturesSinkExec, RunId, WriteFeatures};
+use crate::table::{ImageSource, ImagesTable, ScanOptions, images_table_schema};
 
 /// Wire messages. Hand-written prost structs: a handful of small messages do not justify a
 /// build step.
@@ -43,6 +42,8 @@ mod wire {
         pub location: String,
         #[prost(uint64, tag = "2")]
         pub files_per_partition: u64,
+        #[prost(uint64, tag = "3")]
+        pub max_image_bytes: u64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -137,7 +138,9 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
                 let [input] = inputs else {
                     return Err(internal_datafusion_err!("WriteFeatures takes exactly one input"));
                 };
-                Ok(WriteFeatures::try_new(input.clone(), write.output, write.run_id)?
+                let run_id = RunId::parse(&write.run_id)
+                    .ok_or_else(|| internal_datafusion_err!("invalid run id {:?}", write.run_id))?;
+                Ok(WriteFeatures::try_new(input.clone(), write.output, &run_id)?
                     .with_moments(write.moments)
                     .into_extension())
             }
@@ -150,7 +153,7 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
         let node = match node.node.as_any().downcast_ref::<WriteFeatures>() {
             Some(write) => wire::Node::WriteFeatures(wire::WriteFeaturesNode {
                 output: write.output().to_owned(),
-                run_id: write.run_id().to_owned(),
+                run_id: write.run_id().to_string(),
                 moments: write.moments(),
             }),
             None => {
@@ -172,7 +175,10 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
         let node = wire::TableNode::decode(buf).map_err(|e| decode_error("table", e))?;
         match node.table {
             Some(wire::Table::Images(images)) => {
-                let options = ScanOptions { files_per_partition: images.files_per_partition as usize };
+                let options = ScanOptions {
+                    files_per_partition: images.files_per_partition as usize,
+                    max_image_bytes: images.max_image_bytes,
+                };
                 Ok(Arc::new(ImagesTable::try_new(&images.location, options)?))
             }
             Some(wire::Table::Other(inner)) => self.inner.try_decode_table_provider(&inner, table_ref, schema, ctx),
@@ -190,6 +196,7 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
             Some(images) => wire::Table::Images(wire::ImagesTableNode {
                 location: images.location().to_owned(),
                 files_per_partition: images.options().files_per_partition as u64,
+                max_image_bytes: images.options().max_image_bytes,
             }),
             None => {
                 let mut inner = Vec::new();
@@ -273,7 +280,7 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
             Some(wire::Plan::ImageScan(scan)) => {
                 let base =
                     scan.base_conf.ok_or_else(|| internal_datafusion_err!("image scan without its FileScanConfig"))?;
-                let source = Arc::new(ImageSource::new(TableSchema::from(images_schema())));
+                let source = Arc::new(ImageSource::new(images_table_schema()));
                 let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
                 let config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
                 Ok(DataSourceExec::from_data_source(config))

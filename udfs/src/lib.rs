@@ -8,6 +8,7 @@
 //! item has one path.
 
 mod codec;
+mod lease;
 mod location;
 mod model;
 mod moments;
@@ -25,15 +26,17 @@ use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 pub use codec::{FruitsLogicalCodec, FruitsPhysicalCodec};
-pub use location::{Location, StoreError, UPLOAD_PART_SIZE, is_url};
+pub use lease::{LEASE_FILE, LEASE_TTL, Lease, LeaseError, LeaseHolder};
+pub use location::{Location, PutNew, StoreError, UPLOAD_PART_SIZE, is_url};
 pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism};
 pub use moments::{FEATURE_MOMENTS, MERGE_FEATURE_MOMENTS, decode_moments, encode_moments};
 pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
 pub use sink::{
-    CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, WriteFeatures, WriteResult, parquet_writer_properties,
+    CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, PartFile, RunId, WriteFeatures, WriteResult,
+    parquet_writer_properties,
 };
 pub use store::{ObjectStores, S3Options};
-pub use table::{IMAGES_TABLE, ImageFile, ImagesTable, ScanOptions, list_images};
+pub use table::{IMAGES_TABLE, ImageFile, ImagesTable, Listing, READ_ERROR, ScanOptions, Skipped, list_images};
 pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, NO_CONTENT};
 
 /// `config` with the fruits plan codecs installed for Ballista, so that the `images` table and

@@ -15,8 +15,9 @@ use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnv;
 use futures::TryStreamExt;
 use object_store::buffered::BufWriter;
-use object_store::path::Path;
-use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutPayload};
+use datafusion::execution::object_store::ObjectStoreUrl;
+use object_store::path::{Path, PathPart};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 /// Part size of streamed (multipart) uploads: S3 needs at least 5 MiB per part, and 10 MiB keeps
 /// the part count of a large file low.
@@ -102,6 +103,61 @@ pub(crate) fn write_error(what: String, e: impl std::error::Error + Send + Sync 
     }
 }
 
+/// What [`Location::put_new`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutNew {
+    Created,
+    /// Another object of that name was there first; nothing was written.
+    Exists,
+    /// The store cannot write conditionally; nothing was written.
+    Unsupported,
+}
+
+/// How a store spells names in its paths.
+///
+/// object_store's local file system percent-encodes, in its paths, what a file name may hold
+/// but a URL may not (`%`, `#`, `?`, non-ASCII letters...), and decodes them again on access.
+/// Object stores keep keys as they are: `s3://b/pêche.jpg` is the key `pêche.jpg`, which other
+/// S3 tools write and read. Encoding a key, or decoding one, names another object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Naming {
+    Encoded,
+    Raw,
+}
+
+impl Naming {
+    /// The naming of the store behind `url` (`file:///...` or another scheme).
+    pub(crate) fn of(url: &ObjectStoreUrl) -> Self {
+        if url.as_str().starts_with("file:") { Naming::Encoded } else { Naming::Raw }
+    }
+
+    /// `parent/name` as a path of this store; `name` is one file or folder name.
+    fn join(self, parent: &Path, name: &str) -> Path {
+        match self {
+            Naming::Encoded => parent.clone().join(name),
+            // Only control characters are refused in a raw part; they cannot be named then.
+            Naming::Raw => match PathPart::parse(name) {
+                Ok(part) => parent.clone().join(part),
+                Err(_) => parent.clone().join(name),
+            },
+        }
+    }
+
+    /// A part of a listed path as people and the file system name it.
+    pub(crate) fn name(self, part: &str) -> String {
+        match self {
+            Naming::Encoded => percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned(),
+            Naming::Raw => part.to_owned(),
+        }
+    }
+
+    /// The URL people see for `path` of the store at `store_url` (decoded, not a valid URL).
+    pub(crate) fn display_url(self, store_url: &ObjectStoreUrl, path: &Path) -> String {
+        let names: Vec<String> = path.parts().map(|part| self.name(part.as_ref())).collect();
+        format!("{}{}", store_url.as_str(), names.join("/"))
+    }
+}
+
 /// A folder (`s3://bucket/prefix/`, `file:///home/me/out/`) and the store that serves it.
 #[derive(Debug, Clone)]
 pub struct Location {
@@ -175,7 +231,12 @@ impl Location {
 
     /// The store path of `name` (which may contain `/`) inside the folder.
     pub fn path(&self, name: &str) -> Path {
-        name.split('/').filter(|part| !part.is_empty()).fold(self.url.prefix().clone(), |path, part| path.join(part))
+        let naming = self.naming();
+        name.split('/').filter(|part| !part.is_empty()).fold(self.url.prefix().clone(), |path, part| naming.join(&path, part))
+    }
+
+    pub(crate) fn naming(&self) -> Naming {
+        Naming::of(&self.url.object_store())
     }
 
     /// The folder as DataFusion lists it.
@@ -203,6 +264,23 @@ impl Location {
         let payload = PutPayload::from_bytes(bytes.into());
         self.store.put(&self.path(name), payload).await.map_err(|e| self.error("write", name, e))?;
         Ok(())
+    }
+
+    /// Writes `name` only if no object of that name exists, in one conditional request
+    /// (`If-None-Match: *` on S3, an exclusive create on a local disk).
+    pub async fn put_new(&self, name: &str, bytes: impl Into<Bytes>) -> Result<PutNew, StoreError> {
+        let payload = PutPayload::from_bytes(bytes.into());
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.store.put_opts(&self.path(name), payload, options).await {
+            Ok(_) => Ok(PutNew::Created),
+            Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
+                Ok(PutNew::Exists)
+            }
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                Ok(PutNew::Unsupported)
+            }
+            Err(e) => Err(self.error("write", name, e)),
+        }
     }
 
     /// A streaming writer of `name`: a multipart upload on object stores, in parts of
@@ -234,20 +312,19 @@ impl Location {
         }
     }
 
-    /// The name of `path` below this folder, `/`-separated and decoded (a listed `50%25 off`
-    /// is the folder `50% off`), so that [`Self::path`] gives `path` back; `None` if it is not
-    /// inside the folder.
+    /// The name of `path` below this folder, `/`-separated and as people write it (on a local
+    /// disk a listed `50%25 off` is the folder `50% off`), so that [`Self::path`] gives `path`
+    /// back; `None` if it is not inside the folder.
     pub fn relative_name(&self, path: &Path) -> Option<String> {
         let parts = path.prefix_match(self.url.prefix())?;
-        let names: Vec<String> = parts
-            .map(|part| percent_encoding::percent_decode_str(part.as_ref()).decode_utf8_lossy().into_owned())
-            .collect();
+        let naming = self.naming();
+        let names: Vec<String> = parts.map(|part| naming.name(part.as_ref())).collect();
         Some(names.join("/"))
     }
 
-    /// The URL of an object of this store, for messages.
-    fn url_of(&self, path: &Path) -> String {
-        format!("{}{path}", self.url.object_store().as_str())
+    /// The URL of an object of this store, as people name it, for messages and the `path` column.
+    pub fn url_of(&self, path: &Path) -> String {
+        self.naming().display_url(&self.url.object_store(), path)
     }
 
     fn error(&self, action: &'static str, name: &str, error: object_store::Error) -> StoreError {

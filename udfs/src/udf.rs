@@ -1,8 +1,10 @@
-//! `featurize(content)` and `featurize_or_error(content)`: image bytes in, embeddings out.
+//! `featurize(content)` and `featurize_or_error(content [, read_error])`: image bytes in,
+//! embeddings out.
 //!
 //! A bad image never fails the query (Ballista would fail the whole job over one error): its
 //! features are NULL. `featurize_or_error` returns the reason alongside, so a job can report
-//! every failed file without decoding anything twice.
+//! every failed file without decoding anything twice; given the `images` table's `read_error`,
+//! it reports why a file was not read.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -22,8 +24,9 @@ pub const FEATURIZE: &str = "featurize";
 /// Name of the function returning `{features, error}`.
 pub const FEATURIZE_OR_ERROR: &str = "featurize_or_error";
 
-/// Reason given for a row whose content is NULL (the file vanished after listing).
-pub const NO_CONTENT: &str = "no content (the file could not be read)";
+/// Reason given for a row whose content is NULL with no other reason (the file vanished after
+/// listing).
+pub const NO_CONTENT: &str = "no content (the file disappeared after it was listed)";
 
 /// `List<Float32>`: what `featurize` returns.
 pub fn features_type() -> DataType {
@@ -64,10 +67,14 @@ pub(crate) struct Featurize {
 impl Featurize {
     fn new(output: Output, backend: Backend) -> Self {
         let binary = [DataType::Binary, DataType::LargeBinary, DataType::BinaryView];
-        let signature = Signature::one_of(
-            binary.into_iter().map(|t| TypeSignature::Exact(vec![t])).collect(),
-            Volatility::Immutable,
-        );
+        let text = [DataType::Utf8, DataType::LargeUtf8, DataType::Utf8View];
+        let mut signatures: Vec<TypeSignature> = binary.iter().map(|t| TypeSignature::Exact(vec![t.clone()])).collect();
+        if output == Output::FeaturesOrError {
+            for content in &binary {
+                signatures.extend(text.iter().map(|reason| TypeSignature::Exact(vec![content.clone(), reason.clone()])));
+            }
+        }
+        let signature = Signature::one_of(signatures, Volatility::Immutable);
         Self { output, backend, signature }
     }
 
@@ -119,9 +126,14 @@ impl ScalarUDFImpl for Featurize {
     }
 
     fn invoke_with_args(&self, args: ScalarFunctionArgs) -> Result<ColumnarValue> {
-        let [content] = args.args.as_slice() else {
-            return exec_err!("{} takes exactly one argument, the image bytes", self.name());
+        let (content, reasons) = match args.args.as_slice() {
+            [content] => (content, None),
+            [content, reason] if self.output == Output::FeaturesOrError => {
+                (content, Some(cast(&reason.to_array(args.number_rows)?, &DataType::Utf8)?))
+            }
+            _ => return exec_err!("{} takes the image bytes (and, for {FEATURIZE_OR_ERROR}, why they are missing)", self.name()),
         };
+        let reasons = reasons.as_ref().map(|r| r.as_string::<i32>());
         let Backend::Model(featurizer) = &self.backend else {
             return exec_err!(
                 "{} runs on executors, which load the model; this process (a client or scheduler) has none",
@@ -141,7 +153,8 @@ impl ScalarUDFImpl for Featurize {
         let mut errors = StringBuilder::new();
         for row in 0..content.len() {
             let outcome = if content.is_null(row) {
-                Err(NO_CONTENT.to_owned())
+                let reason = reasons.filter(|r| r.is_valid(row)).map_or(NO_CONTENT, |r| r.value(row));
+                Err(reason.to_owned())
             } else {
                 outcomes
                     .next()

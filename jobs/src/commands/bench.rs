@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use datafusion::arrow::array::AsArray;
-use fruits_udfs::{IMAGES_TABLE, Location};
+use fruits_udfs::{FeaturesDir, IMAGES_TABLE, Location, RunId};
 
 use crate::cli::BenchArgs;
 use crate::engine::Engine;
@@ -81,7 +81,10 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let scratch = scratch.path().to_str().context("scratch folder path is not UTF-8")?;
     let output = Location::create(scratch, &engine.ctx.runtime_env())?;
-    let summary = featurize::run(&engine, &args.input.input, &output, None, true).await?.summary;
+    // Written and never committed: the scratch folder goes away with the figures printed.
+    let features = FeaturesDir::new(output.child(featurize::FEATURES_DIR)?);
+    let run = RunId::new();
+    let summary = featurize::run(&engine, &args.input.input, &output, &features, &run, None, true).await?.summary;
     let full_rate = summary.images_per_second;
 
     println!("fruits bench: {} images, {slots} task slots, batch {batch}", summary.rows_in);

@@ -1,44 +1,125 @@
-//! `fruits run`: featurize and commit, then the PCA, then the summary, written once.
+//! `fruits run`: featurize, PCA, commit, then the views of the committed run.
+//!
+//! The order is what keeps the previous result safe:
+//! 1. take the output's lease (a second run into the same output refuses);
+//! 2. write this run's feature files and PCA projections under its own names, beside the
+//!    previous result, which readers keep seeing;
+//! 3. withdraw the views (`summary.json`, `pca.png`, `features.csv`) of the previous run, then
+//!    commit this run's manifest in one write, then write this run's views: a reader never
+//!    sees a view of one run beside the features of another;
+//! 4. delete what fruits wrote for earlier runs and failed attempts, and nothing else.
+//!
+//! Killed before step 3, the previous result is untouched; killed inside it, the previous
+//! result or this one is committed, with its views missing until the next run. Leftovers of a
+//! killed run are deleted by the next run that commits.
 
-use anyhow::Result;
-use fruits_udfs::Location;
+use anyhow::{Context, Result, bail};
+use fruits_udfs::{FeaturesDir, Lease, Location, RunId};
 
 use crate::cli::RunArgs;
 use crate::engine::Engine;
 use crate::featurize::{self, FEATURES_DIR, Featurized};
-use crate::pca_stage;
+use crate::pca_stage::{self, CSV_FILE, PLOT_FILE};
 use crate::summary::{SUMMARY_FILE, Summary, to_json};
 
 /// `text`: print the summary for people; `quiet`: no progress bar either.
 pub async fn run(args: &RunArgs, text: bool, quiet: bool) -> Result<Summary> {
     let engine = Engine::start(&args.engine, &args.model).await?;
-    engine.register_images(&args.input.input, args.input.scan_options())?;
+    let input = &args.input.input;
+    engine.register_images(input, args.input.scan_options())?;
     let output = Location::create(&args.output, &engine.ctx.runtime_env())?;
+    refuse_output_inside_input(input, &output, &engine)?;
+
+    let run_id = RunId::new();
+    let lease = Lease::acquire(&output, run_id.as_str()).await?;
+    let result = run_holding(&engine, args, &output, &run_id, &lease, text, quiet).await;
+    if let Err(e) = lease.release().await {
+        log::warn!("cannot release the lease on {}: {e}", output.url());
+    }
+    result
+}
+
+async fn run_holding(
+    engine: &Engine,
+    args: &RunArgs,
+    output: &Location,
+    run_id: &RunId,
+    lease: &Lease,
+    text: bool,
+    quiet: bool,
+) -> Result<Summary> {
+    let features = FeaturesDir::new(output.child(FEATURES_DIR)?);
+    features.begin(lease).await?;
     let pca = args.pca.options();
     let pca_mode = (!args.no_pca).then_some(pca.mode);
 
-    let Featurized { mut summary, committed, moments } =
-        featurize::run(&engine, &args.input.input, &output, pca_mode, quiet).await?;
+    let Featurized { mut summary, files, moments } =
+        featurize::run(engine, &args.input.input, output, &features, run_id, pca_mode, quiet).await?;
     if text {
         summary.print(FEATURES_DIR);
     }
-    let stage = match pca_mode {
-        Some(_) => pca_stage::run(&engine.ctx, &committed, &output, pca, moments).await.map(Some),
+    // Fitted before the commit, so that the run commits with its projections in place.
+    let fitted = match pca_mode {
+        Some(_) => Some(pca_stage::fit(&engine.ctx, &files, output, pca, moments).await),
+        None => None,
+    };
+
+    for view in [SUMMARY_FILE, PLOT_FILE, CSV_FILE] {
+        output.delete(view).await?;
+    }
+    features.commit(&files.manifest, lease).await?;
+    log::info!("committed run {run_id}: {} files", files.manifest.files.len());
+
+    let published = match fitted {
+        Some(Ok(fitted)) => fitted.publish(&engine.ctx, &files, output).await.map(|()| Some(fitted.summary)),
+        Some(Err(e)) => Err(e),
         None => Ok(None),
     };
-    match stage {
+    let pca_error = match published {
         Ok(pca) => {
             if let (true, Some(pca)) = (text, &pca) {
                 pca.print();
             }
             summary.pca = pca;
-            output.put(SUMMARY_FILE, to_json(&summary)?).await?;
-            Ok(summary)
+            None
         }
-        Err(e) => {
-            // The features are committed: their summary is written all the same.
-            output.put(SUMMARY_FILE, to_json(&summary)?).await?;
+        Err(e) => Some(e),
+    };
+    output.put(SUMMARY_FILE, to_json(&summary)?).await?;
+
+    let mut removed = features.remove_leftovers(lease).await?;
+    removed.extend(pca_stage::remove_leftovers(output, run_id.as_str()).await?);
+    if !removed.is_empty() {
+        log::info!("removed {} files of earlier runs and failed attempts: {}", removed.len(), removed.join(", "));
+    }
+    match pca_error {
+        Some(e) => {
             Err(e.context(format!("the features are committed in {}{FEATURES_DIR}, but the PCA failed", output.url())))
         }
+        None => Ok(summary),
     }
+}
+
+/// An output inside the input would be read back as input by the next run (`pca.png` as an
+/// image labelled `out`): refuse it while nothing is written.
+fn refuse_output_inside_input(input: &str, output: &Location, engine: &Engine) -> Result<()> {
+    let input = Location::parse(&canonical(input), &engine.ctx.runtime_env())
+        .with_context(|| format!("invalid input location {input}"))?;
+    if output.url().starts_with(input.url()) {
+        bail!(
+            "the output {} is inside the input {}: the next run would read its plots as images; \
+             choose an output folder outside the input",
+            output.url(),
+            input.url()
+        );
+    }
+    Ok(())
+}
+
+/// A local input by its canonical path (so `./photos/../photos` is `photos`); URLs as given.
+fn canonical(input: &str) -> String {
+    if fruits_udfs::is_url(input) {
+        return input.to_owned();
+    }
+    std::fs::canonicalize(input).map_or_else(|_| input.to_owned(), |p| p.display().to_string())
 }

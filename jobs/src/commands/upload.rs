@@ -19,22 +19,26 @@ pub async fn run(args: &UploadArgs, quiet: bool) -> Result<()> {
     let source = Location::parse(&args.from, &runtime)?;
     let target = Location::parse(&args.to, &runtime)?;
 
-    let files = list_images(&source).await?;
+    let listing = list_images(&source).await?;
+    for entry in &listing.skipped {
+        eprintln!("warning: skipped {}: {}", source.url_of(&entry.location), entry.reason);
+    }
+    let files = listing.images;
     ensure!(!files.is_empty(), "no image files (.jpg, .jpeg, .png) found under {}", args.from);
     let bar = counting_bar(files.len() as u64, "images", quiet);
     let copies = files.iter().map(|file| {
         let (source, target, bar) = (&source, &target, &bar);
         async move {
             let relative = source
-                .relative_name(&file.location)
-                .with_context(|| format!("{} is not under {}", file.location, args.from))?;
+                .relative_name(file.location())
+                .with_context(|| format!("{} is not under {}", file.location(), args.from))?;
             let bytes = source
-                .get_path(&file.location)
+                .get_path(file.location())
                 .await?
                 .with_context(|| format!("{} disappeared while uploading", source.child_url(&relative)))?;
             target.put(&relative, bytes).await?;
             bar.inc(1);
-            anyhow::Ok(file.size)
+            anyhow::Ok(file.size())
         }
     });
     let bytes = copy_concurrently(copies).await?;

@@ -19,12 +19,14 @@ use datafusion::physical_plan::{
 };
 use futures::StreamExt;
 
+use super::manifest::{PartFile, RunId};
 use super::{features_schema, parquet_writer_properties, write_report_schema};
+use crate::lease::host_name;
 use crate::location::{Location, write_error};
 use crate::moments::MomentsAccumulator;
 
 /// Writes each input partition (`path`, `label`, `result{features, error}`) to
-/// `<output>/part-<run>-<attempt>.parquet` and reports `(file, rows, failed, written_by,
+/// `<output>/part-<run>-<attempt>.parquet` (a [`PartFile`]) and reports `(file, rows, failed, written_by,
 /// first_path, moments)` once the file is complete.
 ///
 /// Files are not named after the partition: Ballista hands every task a plan cut down to its
@@ -41,6 +43,9 @@ pub struct FeaturesSinkExec {
 impl FeaturesSinkExec {
     pub fn try_new(input: Arc<dyn ExecutionPlan>, output: &str, run_id: &str) -> Result<Self> {
         ListingTableUrl::parse(output)?;
+        if RunId::parse(run_id).is_none() {
+            return internal_err!("invalid run id {run_id:?}");
+        }
         let properties = PlanProperties::new(
             EquivalenceProperties::new(write_report_schema()),
             input.output_partitioning().clone(),
@@ -126,7 +131,8 @@ impl ExecutionPlan for FeaturesSinkExec {
         }
         let input = self.input.execute(partition, Arc::clone(&context))?;
         let folder = Location::parse(&self.output, &context.runtime_env())?;
-        let name = format!("part-{}-{}.parquet", self.run_id, attempt_id());
+        let run = RunId::parse(&self.run_id).ok_or_else(|| exec_datafusion_err!("invalid run id {}", self.run_id))?;
+        let name = PartFile::new(&run).name();
         let moments = self.moments.then(MomentsAccumulator::default);
         let write = write_partition(input, folder, name, moments);
         Ok(Box::pin(RecordBatchStreamAdapter::new(write_report_schema(), futures::stream::once(write))))
@@ -198,18 +204,8 @@ fn flatten(batch: &RecordBatch) -> Result<RecordBatch> {
     Ok(RecordBatch::try_new(features_schema(), columns)?)
 }
 
-/// Tells the files of one run apart, attempts of the same task included.
-fn attempt_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_owned()
-}
-
 /// `host:pid` of this process, recorded with each file: which executor wrote what.
 fn process_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
-    NAME.get_or_init(|| {
-        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_else(|_| "localhost".to_owned());
-        format!("{host}:{}", std::process::id())
-    })
+    NAME.get_or_init(|| format!("{}:{}", host_name(), std::process::id()))
 }

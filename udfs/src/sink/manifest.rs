@@ -1,16 +1,17 @@
 //! The commit: the `_SUCCESS` manifest of a features folder, the only thing readers trust.
 
 use std::collections::HashSet;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use datafusion::arrow::array::{Array, AsArray, RecordBatch};
 use datafusion::arrow::datatypes::UInt64Type;
 use datafusion::common::exec_datafusion_err;
 use datafusion::error::{DataFusionError, Result};
-use object_store::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::write_report_schema;
+use crate::lease::Lease;
 use crate::location::Location;
 
 /// Name of the manifest inside the features folder.
@@ -19,6 +20,71 @@ pub const MANIFEST_FILE: &str = "_SUCCESS";
 pub const MANIFEST_FORMAT: &str = "fruits-features/1";
 /// Written and removed by [`FeaturesDir::begin`] to check that the folder can be written.
 const WRITE_CHECK_FILE: &str = "_write_check";
+
+/// Names one run: `<unix seconds>-<6 hex digits>`, so run ids sort by time and two clients
+/// starting in the same second still differ.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RunId(String);
+
+impl RunId {
+    /// A new run id, from the clock and a random part.
+    pub fn new() -> Self {
+        let seconds = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Self(format!("{seconds}-{}", &uuid::Uuid::new_v4().simple().to_string()[..6]))
+    }
+
+    /// `text` if it is a run id.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (seconds, random) = text.split_once('-')?;
+        let digits = !seconds.is_empty() && seconds.bytes().all(|b| b.is_ascii_digit());
+        let hex = random.len() == 6 && random.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        (digits && hex).then(|| Self(text.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for RunId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Display for RunId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The name of a file a write task of a run wrote: `part-<run>-<attempt>.parquet`, each
+/// attempt of a task under its own name. The only names fruits deletes in a features folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartFile {
+    pub run: RunId,
+    pub attempt: String,
+}
+
+impl PartFile {
+    /// A new name for an attempt of a task of `run`.
+    pub fn new(run: &RunId) -> Self {
+        Self { run: run.clone(), attempt: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned() }
+    }
+
+    /// The part file named `name` (relative to the features folder), `None` for any other name.
+    pub fn parse(name: &str) -> Option<Self> {
+        let stem = name.strip_prefix("part-")?.strip_suffix(".parquet")?;
+        let (run, attempt) = stem.rsplit_once('-')?;
+        let hex = attempt.len() == 12 && attempt.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase());
+        hex.then_some(())?;
+        Some(Self { run: RunId::parse(run)?, attempt: attempt.to_owned() })
+    }
+
+    pub fn name(&self) -> String {
+        format!("part-{}-{}.parquet", self.run, self.attempt)
+    }
+}
 
 /// The committed result of a run: every file of it, with its row counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,43 +184,45 @@ impl FeaturesDir {
         self.location.child_url(file)
     }
 
-    /// Starts a run: checks that the folder can be written (so a wrong bucket or missing
-    /// permission fails here, not in every task), then withdraws the previous manifest, so that
-    /// if this run fails, no reader takes the folder for a finished result.
-    pub async fn begin(&self) -> Result<()> {
+    /// Starts a run: checks that the folder can be written, so that a wrong bucket or a missing
+    /// permission fails here, not in every task. The previous result stays committed.
+    pub async fn begin(&self, lease: &Lease) -> Result<()> {
+        lease.check().await.map_err(external)?;
         let check = async {
             self.location.put(WRITE_CHECK_FILE, Bytes::from_static(b"fruits")).await?;
             self.location.delete(WRITE_CHECK_FILE).await
         };
         check.await.map_err(|e| DataFusionError::from(e).context(format!("cannot write in {}", self.url())))?;
-        self.location.delete(MANIFEST_FILE).await?;
         Ok(())
     }
 
-    /// Publishes `manifest`, then deletes every other file of the folder (earlier runs, failed
-    /// attempts). Returns how many were deleted.
-    pub async fn commit(&self, manifest: &Manifest) -> Result<usize> {
+    /// Publishes `manifest` in place of the previous one, in one write: readers see the
+    /// previous run or this one, never a mix. Refused unless `lease` is still held.
+    pub async fn commit(&self, manifest: &Manifest, lease: &Lease) -> Result<()> {
+        lease.check().await.map_err(external)?;
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| DataFusionError::External(Box::new(e)))?;
         self.location.put(MANIFEST_FILE, json).await?;
+        Ok(())
+    }
 
+    /// Deletes the files runs wrote here that the committed manifest does not list: earlier
+    /// runs, failed attempts, killed runs. Nothing else is touched: files are recognised by
+    /// their names (see [`PartFile`]). Returns the names deleted.
+    pub async fn remove_leftovers(&self, lease: &Lease) -> Result<Vec<String>> {
+        lease.check().await.map_err(external)?;
+        let committed = self.manifest().await?;
         let keep: HashSet<&str> =
-            manifest.files.iter().map(|f| f.file.as_str()).chain(std::iter::once(MANIFEST_FILE)).collect();
-        let stale: Vec<Path> = self
-            .location
-            .list()
-            .await?
-            .into_iter()
-            .map(|meta| meta.location)
-            .filter(|path| match self.location.relative_name(path) {
-                // Nested objects are never written by a run.
-                Some(name) => name.contains('/') || !keep.contains(name.as_str()),
-                None => false,
-            })
-            .collect();
-        for path in &stale {
-            self.location.delete_path(path).await?;
+            committed.iter().flat_map(|m| m.files.iter().map(|f| f.file.as_str())).collect();
+        let mut removed = Vec::new();
+        for object in self.location.list().await? {
+            let Some(name) = self.location.relative_name(&object.location) else { continue };
+            let ours = name == WRITE_CHECK_FILE || PartFile::parse(&name).is_some();
+            if ours && !keep.contains(name.as_str()) {
+                self.location.delete_path(&object.location).await?;
+                removed.push(name);
+            }
         }
-        Ok(stale.len())
+        Ok(removed)
     }
 
     /// The committed manifest, or `None` if the folder holds no finished run.
@@ -173,6 +241,10 @@ impl FeaturesDir {
         }
         Ok(Some(manifest))
     }
+}
+
+fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
+    DataFusionError::External(Box::new(e))
 }
 
 #[cfg(test)]
@@ -220,32 +292,81 @@ mod tests {
         assert!(err.to_string().contains("two files starting at s3://b/Pear/1.jpg"), "{err}");
     }
 
+    #[test]
+    fn only_part_files_of_runs_are_recognised() {
+        let run = RunId::new();
+        let part = PartFile::new(&run);
+        assert_eq!(PartFile::parse(&part.name()), Some(part.clone()));
+        assert_eq!(PartFile::parse(&part.name()).unwrap().run, run);
+        for other in [
+            "part-00000.parquet",
+            "readme.txt",
+            "part-1764650000-abcdef.parquet",
+            "part-1764650000-abcdef-0123456789ab.parquet.bak",
+            "nested/part-1764650000-abcdef-0123456789ab.parquet",
+            "part-1764650000-ABCDEF-0123456789ab.parquet",
+        ] {
+            assert_eq!(PartFile::parse(other), None, "{other}");
+        }
+        assert!(PartFile::parse("part-1764650000-abcdef-0123456789ab.parquet").is_some());
+    }
+
     #[tokio::test]
-    async fn commit_keeps_only_the_manifest_files() {
+    async fn the_previous_result_stays_until_the_commit_and_only_run_files_are_removed() {
         let dir = tempfile::tempdir().unwrap();
         let features = dir.path().join("features");
         std::fs::create_dir_all(features.join("nested")).unwrap();
-        for name in ["part-old-x.parquet", "part-new-a.parquet", "part-new-b.parquet", "nested/x"] {
+        let (old, new) = (PartFile::new(&RunId::new()), PartFile::new(&RunId::new()));
+        let failed_attempt = PartFile { attempt: "0123456789ab".into(), ..new.clone() };
+        let user_files = ["readme.txt", "nested/x", "part-00000.parquet"];
+        for name in [old.name(), new.name(), failed_attempt.name()].iter().map(String::as_str).chain(user_files) {
             std::fs::write(features.join(name), b"x").unwrap();
         }
         let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
         let folder = FeaturesDir::new(Location::parse(&features.display().to_string(), &runtime).unwrap());
-        assert_eq!(folder.manifest().await.unwrap(), None);
+        let out = Location::parse(&dir.path().display().to_string(), &runtime).unwrap();
+        let lease = Lease::acquire(&out, new.run.as_str()).await.unwrap();
 
-        let manifest =
-            Manifest::from_reports("new", &[report(&[("part-new-a.parquet", 1, 0, "file:///a/b.jpg")])]).unwrap();
-        folder.begin().await.unwrap();
-        assert_eq!(folder.commit(&manifest).await.unwrap(), 3);
-        let mut left: Vec<_> = std::fs::read_dir(&features)
-            .unwrap()
-            .map(|e| e.unwrap().file_name().into_string().unwrap())
-            .filter(|name| features.join(name).is_file())
-            .collect();
+        let first = Manifest::from_reports(old.run.as_str(), &[report(&[(&old.name(), 1, 0, "file:///a/b.jpg")])])
+            .unwrap();
+        folder.commit(&first, &lease).await.unwrap();
+        folder.begin(&lease).await.unwrap();
+        assert_eq!(folder.manifest().await.unwrap(), Some(first), "begin leaves the previous result committed");
+
+        let second = Manifest::from_reports(new.run.as_str(), &[report(&[(&new.name(), 1, 0, "file:///a/b.jpg")])])
+            .unwrap();
+        folder.commit(&second, &lease).await.unwrap();
+        let mut removed = folder.remove_leftovers(&lease).await.unwrap();
+        removed.sort();
+        let mut expected = vec![old.name(), failed_attempt.name()];
+        expected.sort();
+        assert_eq!(removed, expected);
+        let mut left: Vec<String> = walk(&features);
         left.sort();
-        assert_eq!(left, ["_SUCCESS", "part-new-a.parquet"]);
-        assert_eq!(folder.manifest().await.unwrap(), Some(manifest));
+        let mut kept = vec!["_SUCCESS".to_owned(), new.name(), "nested/x".into(), "part-00000.parquet".into()];
+        kept.push("readme.txt".into());
+        kept.sort();
+        assert_eq!(left, kept);
+        assert_eq!(folder.manifest().await.unwrap(), Some(second));
 
-        folder.begin().await.unwrap();
-        assert_eq!(folder.manifest().await.unwrap(), None);
+        lease.release().await.unwrap();
+        let other = Lease::acquire(&out, "someone-else").await.unwrap();
+        let err = folder.remove_leftovers(&lease_of(&out).await).await.unwrap_err();
+        assert!(err.to_string().contains("lost the lease"), "{err}");
+        other.release().await.unwrap();
+    }
+
+    /// A lease value that does not hold `out` (for the refusal check).
+    async fn lease_of(out: &Location) -> Lease {
+        Lease::stale_for_tests(out, "not-the-holder")
+    }
+
+    fn walk(root: &std::path::Path) -> Vec<String> {
+        walkdir::WalkDir::new(root)
+            .into_iter()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_file())
+            .map(|e| e.path().strip_prefix(root).unwrap().display().to_string())
+            .collect()
     }
 }

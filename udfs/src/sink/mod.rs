@@ -7,9 +7,11 @@
 //! into the `_SUCCESS` manifest only when the job succeeded.
 //!
 //! Every attempt of a task writes under its own name (`part-<run>-<attempt>.parquet`), so a
-//! task retried after a lost executor never overwrites or appends to another attempt's file:
-//! the manifest lists exactly the attempts whose results the job kept, and readers trust only
-//! the manifest. Files of failed attempts and of earlier runs are deleted after the commit.
+//! task retried after a lost executor never overwrites or appends to another attempt's file,
+//! and a run never touches the files of the result committed before it: the manifest lists
+//! exactly the attempts whose results the job kept, and readers trust only the manifest. After
+//! the commit, files of that naming that the manifest does not list (earlier runs, failed
+//! attempts, killed runs) are deleted; nothing else in the folder ever is.
 
 mod exec;
 mod manifest;
@@ -31,7 +33,7 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 pub(crate) use exec::FeaturesSinkExec;
-pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest};
+pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, PartFile, RunId};
 pub use node::{WriteFeatures, WriteResult};
 
 /// Rows per Parquet row group (about 5 MB of features): readers can skip and parallelise.
@@ -114,7 +116,7 @@ impl ExtensionPlanner for WriteFeaturesPlanner {
         let [input] = physical_inputs else {
             return plan_err!("{} takes exactly one input", write.name());
         };
-        let sink = FeaturesSinkExec::try_new(Arc::clone(input), write.output(), write.run_id())?;
+        let sink = FeaturesSinkExec::try_new(Arc::clone(input), write.output(), write.run_id().as_str())?;
         Ok(Some(Arc::new(sink.with_moments(write.moments()))))
     }
 }

@@ -14,6 +14,7 @@ use datafusion::logical_expr::{Expr, Extension, LogicalPlan, LogicalPlanBuilder,
 use datafusion::prelude::col;
 use fruits_pca::Moments;
 
+use super::manifest::RunId;
 use super::{Manifest, write_report_schema};
 use crate::moments::{FeatureMoments, decode_moments};
 use crate::udf::features_or_error_type;
@@ -33,7 +34,7 @@ pub struct WriteResult {
 pub struct WriteFeatures {
     input: LogicalPlan,
     output: String,
-    run_id: String,
+    run_id: RunId,
     /// Whether each report also carries the feature moments of the file's rows.
     moments: bool,
     schema: DFSchemaRef,
@@ -42,7 +43,7 @@ pub struct WriteFeatures {
 impl WriteFeatures {
     /// `output` is the URL of the features folder (`s3://bucket/out/features/`,
     /// `file:///.../features/`); `run_id` names this run's files.
-    pub fn try_new(input: LogicalPlan, output: impl Into<String>, run_id: impl Into<String>) -> Result<Self> {
+    pub fn try_new(input: LogicalPlan, output: impl Into<String>, run_id: &RunId) -> Result<Self> {
         let fields = input.schema().fields();
         let found = |name: &str| fields.iter().find(|f| f.name() == name).map(|f| f.data_type().clone());
         let expected = [("path", DataType::Utf8), ("label", DataType::Utf8), ("result", features_or_error_type())];
@@ -55,7 +56,7 @@ impl WriteFeatures {
             }
         }
         let schema = Arc::new(DFSchema::try_from(write_report_schema())?);
-        Ok(Self { input, output: output.into(), run_id: run_id.into(), moments: false, schema })
+        Ok(Self { input, output: output.into(), run_id: run_id.clone(), moments: false, schema })
     }
 
     /// Also return, in each report's `moments` column, the [`crate::FEATURE_MOMENTS`] state of
@@ -89,7 +90,7 @@ impl WriteFeatures {
     /// Reads what the plan of [`Self::to_plan`] returned.
     pub fn read_result(&self, batches: &[RecordBatch]) -> Result<WriteResult> {
         if !self.moments {
-            return Ok(WriteResult { manifest: Manifest::from_reports(&self.run_id, batches)?, moments: None });
+            return Ok(WriteResult { manifest: Manifest::from_reports(self.run_id.as_str(), batches)?, moments: None });
         }
         let row = batches
             .iter()
@@ -108,7 +109,7 @@ impl WriteFeatures {
             .then(|| decode_moments(moments.value(0)))
             .transpose()
             .map_err(|e| DataFusionError::External(Box::new(e)))?;
-        let manifest = Manifest::from_reports(&self.run_id, &[RecordBatch::from(reports.clone())])?;
+        let manifest = Manifest::from_reports(self.run_id.as_str(), &[RecordBatch::from(reports.clone())])?;
         Ok(WriteResult { manifest, moments })
     }
 
@@ -120,7 +121,7 @@ impl WriteFeatures {
         &self.output
     }
 
-    pub fn run_id(&self) -> &str {
+    pub fn run_id(&self) -> &RunId {
         &self.run_id
     }
 
@@ -163,6 +164,6 @@ impl UserDefinedLogicalNodeCore for WriteFeatures {
         let (Some(input), true) = (inputs.pop(), inputs.is_empty()) else {
             return plan_err!("WriteFeatures takes exactly one input");
         };
-        Ok(Self::try_new(input, self.output.clone(), self.run_id.clone())?.with_moments(self.moments))
+        Ok(Self::try_new(input, self.output.clone(), &self.run_id)?.with_moments(self.moments))
     }
 }

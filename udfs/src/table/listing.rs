@@ -1,27 +1,61 @@
 //! Finding the image files under a location.
+//!
+//! On a local disk the folder is walked here rather than through object_store's listing,
+//! which ends at the first entry it cannot read: one unreadable folder, a symlink loop or a
+//! name that is not UTF-8 would fail the whole job. Here each such entry is kept as a
+//! [`Skipped`] entry, with its reason, and the walk goes on.
 
+use chrono::{DateTime, Utc};
 use datafusion::datasource::listing::PartitionedFile;
+use datafusion::execution::object_store::ObjectStoreUrl;
+use object_store::ObjectMeta;
 use object_store::path::Path;
 
-use crate::location::{Location, StoreError};
+use crate::location::{Location, Naming, StoreError};
 
 /// File name extensions read as images, compared case-insensitively.
 const IMAGE_EXTENSIONS: [&str; 3] = ["jpg", "jpeg", "png"];
 
-/// One image file found by [`list_images`].
+/// What [`list_images`] found: the image files, sorted by path, and the entries it could not
+/// look into.
+#[derive(Debug, Clone, Default)]
+pub struct Listing {
+    pub images: Vec<ImageFile>,
+    pub skipped: Vec<Skipped>,
+}
+
+/// One image file found by [`list_images`], as the store listed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageFile {
+    pub meta: ObjectMeta,
+}
+
+/// An entry of the input that could not be listed or read (an unreadable folder, a symlink
+/// loop, a name that is not UTF-8): it may hold images, so it is reported, not ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Skipped {
+    /// The entry as a path of the store (lossy for a name that is not UTF-8).
     pub location: Path,
-    pub size: u64,
+    pub reason: String,
 }
 
 impl ImageFile {
     pub fn new(location: Path, size: u64) -> Self {
-        Self { location, size }
+        Self { meta: ObjectMeta { location, last_modified: DateTime::<Utc>::UNIX_EPOCH, size, e_tag: None, version: None } }
     }
 
+    pub fn location(&self) -> &Path {
+        &self.meta.location
+    }
+
+    pub fn size(&self) -> u64 {
+        self.meta.size
+    }
+
+    /// The scan file of this image, with the path exactly as listed: built from the path's text,
+    /// it would be percent-encoded a second time and name another object.
     pub(crate) fn into_partitioned_file(self) -> PartitionedFile {
-        PartitionedFile::new(self.location.to_string(), self.size)
+        PartitionedFile::new_from_meta(self.meta)
     }
 }
 
@@ -46,35 +80,104 @@ fn is_image_path(relative: &str) -> bool {
 }
 
 /// Lists image files under `location`, recursively, sorted by path so that partitions and
-/// outputs are the same from run to run.
-pub async fn list_images(location: &Location) -> Result<Vec<ImageFile>, StoreError> {
-    let prefix = location.listing_url().prefix();
-    let mut files: Vec<ImageFile> = location
-        .list()
-        .await?
-        .into_iter()
-        .filter(|meta| {
-            let full = meta.location.as_ref();
-            let relative = full.strip_prefix(prefix.as_ref()).unwrap_or(full);
-            is_image_path(relative)
-        })
-        .map(|meta| ImageFile::new(meta.location, meta.size))
-        .collect();
-    files.sort_by(|a, b| a.location.cmp(&b.location));
-    Ok(files)
+/// outputs are the same from run to run. On a local disk, entries that cannot be read are
+/// returned as [`Skipped`]; on an object store a failed listing is an error.
+pub async fn list_images(location: &Location) -> Result<Listing, StoreError> {
+    let mut listing = match local_folder(location) {
+        Some(root) => {
+            let folder = location.url().to_owned();
+            tokio::task::spawn_blocking(move || walk_local(&root))
+                .await
+                .map_err(|e| StoreError::InvalidLocation { location: folder, reason: format!("listing stopped: {e}") })?
+        }
+        None => {
+            let prefix = location.listing_url().prefix();
+            let images = location
+                .list()
+                .await?
+                .into_iter()
+                .filter(|meta| {
+                    let full = meta.location.as_ref();
+                    is_image_path(full.strip_prefix(prefix.as_ref()).unwrap_or(full))
+                })
+                .map(|meta| ImageFile { meta })
+                .collect();
+            Listing { images, skipped: Vec::new() }
+        }
+    };
+    listing.images.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
+    listing.skipped.sort_by(|a, b| a.location.cmp(&b.location));
+    Ok(listing)
 }
 
-/// Label of a file: the name of the folder it is in (`None` at the root of a store).
-pub(crate) fn label_of(location: &Path) -> Option<String> {
+/// The folder on the local disk, for a `file://` location.
+fn local_folder(location: &Location) -> Option<std::path::PathBuf> {
+    let url = url::Url::parse(location.url()).ok()?;
+    (url.scheme() == "file").then(|| url.to_file_path().ok()).flatten()
+}
+
+/// Walks `root` (following symlinks, as object_store's local listing does), keeping what it
+/// cannot read as skipped entries. Hidden files and folders are not entered.
+fn walk_local(root: &std::path::Path) -> Listing {
+    let mut listing = Listing::default();
+    let walk = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .follow_links(true)
+        .into_iter()
+        .filter_entry(|entry| !entry.file_name().to_string_lossy().starts_with('.'));
+    for entry in walk {
+        match entry {
+            Ok(entry) if entry.file_type().is_dir() => {}
+            Ok(entry) => {
+                let path = entry.path();
+                let Some(relative) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) else {
+                    listing.skipped.push(skipped(path, "the name is not valid UTF-8, so it cannot be named in a URL"));
+                    continue;
+                };
+                if !is_image_path(relative) {
+                    continue;
+                }
+                let meta = entry.metadata().map_err(|e| e.to_string()).and_then(|meta| {
+                    let location = Path::from_absolute_path(path).map_err(|e| e.to_string())?;
+                    let last_modified = meta.modified().map(DateTime::<Utc>::from).unwrap_or_default();
+                    Ok(ObjectMeta { location, last_modified, size: meta.len(), e_tag: None, version: None })
+                });
+                match meta {
+                    Ok(meta) => listing.images.push(ImageFile { meta }),
+                    Err(reason) => listing.skipped.push(skipped(path, &format!("cannot read its metadata: {reason}"))),
+                }
+            }
+            Err(error) => {
+                let Some(path) = error.path() else { continue };
+                let relative = path.strip_prefix(root).ok().map(|p| p.to_string_lossy().into_owned());
+                // A file that is not an image is not missed; a folder may hold images.
+                if !path.is_dir() && !relative.as_deref().is_some_and(is_image_path) && error.loop_ancestor().is_none() {
+                    continue;
+                }
+                let reason = match (error.loop_ancestor(), error.io_error()) {
+                    (Some(ancestor), _) => format!("symlink loop: it leads back to {}", ancestor.display()),
+                    (None, Some(io)) => format!("cannot read it: {io}"),
+                    (None, None) => error.to_string(),
+                };
+                listing.skipped.push(skipped(path, &reason));
+            }
+        }
+    }
+    listing
+}
+
+fn skipped(path: &std::path::Path, reason: &str) -> Skipped {
+    let location = Path::from_absolute_path(path)
+        .unwrap_or_else(|_| Path::from_iter(path.to_string_lossy().split('/').filter(|p| !p.is_empty())));
+    Skipped { location, reason: reason.to_owned() }
+}
+
+/// Label of a file: the name of the folder it is in (`None` at the root of a store), as people
+/// write it.
+pub(crate) fn label_of(location: &Path, store: &ObjectStoreUrl) -> Option<String> {
     let parts: Vec<_> = location.parts().collect();
     let parent = parts.len().checked_sub(2).map(|i| &parts[i])?;
-    Some(percent_decode(parent.as_ref()))
-}
-
-/// Object-store paths percent-encode a few characters (`%`, `#`, `?`...); labels and paths are
-/// shown to people, so they are decoded back.
-pub(crate) fn percent_decode(part: &str) -> String {
-    percent_encoding::percent_decode_str(part).decode_utf8_lossy().into_owned()
+    Some(Naming::of(store).name(parent.as_ref()))
 }
 
 #[cfg(test)]
@@ -102,10 +205,51 @@ mod tests {
     }
 
     #[test]
-    fn label_is_the_parent_folder_with_spaces_kept() {
-        assert_eq!(label_of(&Path::from("data/Apple Golden 1/0_100.jpg")).as_deref(), Some("Apple Golden 1"));
-        assert_eq!(label_of(&Path::from("photo.jpg")), None);
-        assert_eq!(label_of(&Path::from_iter(["d", "50% off", "a.jpg"])).as_deref(), Some("50% off"));
+    fn label_is_the_parent_folder_as_people_name_it() {
+        let (local, s3) = (ObjectStoreUrl::local_filesystem(), ObjectStoreUrl::parse("s3://b").unwrap());
+        assert_eq!(label_of(&Path::from("data/Apple Golden 1/0_100.jpg"), &local).as_deref(), Some("Apple Golden 1"));
+        assert_eq!(label_of(&Path::from("photo.jpg"), &s3), None);
+        // A local path keeps `%` and accents percent-encoded; an S3 key is the name itself.
+        assert_eq!(label_of(&Path::from_iter(["d", "50% pêche", "a.jpg"]), &local).as_deref(), Some("50% pêche"));
+        assert_eq!(label_of(&Path::parse("d/50%25 off/a.jpg").unwrap(), &s3).as_deref(), Some("50%25 off"));
+    }
+
+    /// Names people give files: accents (NFC and NFD), spaces and every character that URLs
+    /// or object_store paths treat specially.
+    const AWKWARD_NAMES: [&str; 4] =
+        ["p\u{ea}che 1.jpg", "pe\u{302}che 2.jpg", "50% #1 [a] {b} ^c `d` <e> |f| ~g \"h\" *i ?j.jpg", "back\\slash.png"];
+
+    #[tokio::test]
+    async fn local_listing_keeps_awkward_names_and_reports_what_it_cannot_read() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = tempfile::tempdir().unwrap();
+        let fruit = dir.path().join("Pêche");
+        std::fs::create_dir_all(&fruit).unwrap();
+        for name in AWKWARD_NAMES {
+            std::fs::write(fruit.join(name), b"x").unwrap();
+        }
+        std::fs::write(fruit.join(std::ffi::OsStr::from_bytes(b"bad\xff.jpg")), b"x").unwrap();
+        std::fs::create_dir_all(dir.path().join("loop")).unwrap();
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("loop/back")).unwrap();
+        std::fs::create_dir_all(dir.path().join(".git/objects")).unwrap();
+        std::fs::write(dir.path().join(".git/objects/x.jpg"), b"x").unwrap();
+
+        let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let location = Location::parse(&dir.path().display().to_string(), &runtime).unwrap();
+        let listing = list_images(&location).await.unwrap();
+        let mut names: Vec<String> = listing.images.iter().map(|f| location.relative_name(f.location()).unwrap()).collect();
+        names.sort();
+        let mut expected: Vec<String> = AWKWARD_NAMES.iter().map(|n| format!("Pêche/{n}")).collect();
+        expected.sort();
+        assert_eq!(names, expected);
+        // Each listed path reads the file back through the store.
+        for image in &listing.images {
+            assert_eq!(location.get_path(image.location()).await.unwrap().as_deref(), Some(&b"x"[..]));
+        }
+        let reasons: Vec<&str> = listing.skipped.iter().map(|s| s.reason.as_str()).collect();
+        assert_eq!(listing.skipped.len(), 2, "{:?}", listing.skipped);
+        assert!(reasons.iter().any(|r| r.contains("not valid UTF-8")), "{reasons:?}");
+        assert!(reasons.iter().any(|r| r.starts_with("symlink loop")), "{reasons:?}");
     }
 
     #[tokio::test]
@@ -118,8 +262,8 @@ mod tests {
         let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
         let url = url::Url::parse("memory://").unwrap();
         runtime.register_object_store(&url, std::sync::Arc::new(store));
-        let files = list_images(&Location::parse("memory:///in/", &runtime).unwrap()).await.unwrap();
-        let paths: Vec<_> = files.iter().map(|f| f.location.to_string()).collect();
+        let listing = list_images(&Location::parse("memory:///in/", &runtime).unwrap()).await.unwrap();
+        let paths: Vec<_> = listing.images.iter().map(|f| f.location().to_string()).collect();
         assert_eq!(paths, ["in/a/1.PNG", "in/a/deep/3.jpeg", "in/b/2.jpg"]);
     }
 }

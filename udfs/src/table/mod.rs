@@ -19,7 +19,8 @@ use datafusion::common::stats::Precision;
 use datafusion::common::{Statistics, plan_err};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
-use datafusion::datasource::listing::ListingTableUrl;
+use datafusion::common::ScalarValue;
+use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
@@ -27,7 +28,7 @@ use datafusion::error::Result;
 use datafusion::logical_expr::Expr;
 use datafusion::physical_plan::ExecutionPlan;
 
-pub use listing::{ImageFile, list_images};
+pub use listing::{ImageFile, Listing, Skipped, list_images};
 pub(crate) use source::ImageSource;
 
 use crate::location::Location;
@@ -35,10 +36,10 @@ use crate::location::Location;
 /// Name under which `fruits` registers the table.
 pub const IMAGES_TABLE: &str = "images";
 
-/// The columns of `images`: `path` (full URL of the file), `label` (name of its parent
-/// folder, NULL for a file at the root of a bucket) and `content` (the file's bytes, NULL if the
-/// file disappeared between listing and reading).
-pub(crate) fn images_schema() -> SchemaRef {
+/// The columns read from each file: `path` (full URL of the file, as people name it), `label`
+/// (name of its parent folder, NULL for a file at the root of a bucket) and `content` (the
+/// file's bytes, NULL when it was not read).
+pub(crate) fn images_file_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, true),
@@ -46,18 +47,40 @@ pub(crate) fn images_schema() -> SchemaRef {
     ]))
 }
 
-/// How the listed files are cut into units of work.
+/// Name of the column saying why `content` is NULL.
+pub const READ_ERROR: &str = "read_error";
+
+/// The columns of `images`: those of [`images_file_schema`], then `read_error`, set when the
+/// listing already knows the file is not to be read (above the size limit, or an entry the
+/// listing could not look into). It travels with each scan file as a partition value, so the
+/// decision made when planning reaches the executors with the plan.
+pub(crate) fn images_table_schema() -> TableSchema {
+    let read_error = Arc::new(Field::new(READ_ERROR, DataType::Utf8, true));
+    TableSchema::builder(images_file_schema()).with_table_partition_cols(vec![read_error]).build()
+}
+
+/// How the listed files are cut into units of work, and which are read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ScanOptions {
     /// Most files in one partition (one Ballista task). Small enough that a lost executor costs
     /// little rework and the last wave of tasks is short; large enough that per-task overhead
     /// (tens of milliseconds) stays small against a few seconds of inference.
     pub files_per_partition: usize,
+    /// Files larger than this are not read: their row says why. A photo is a few megabytes; a
+    /// file of gigabytes under an image name is a mistake or an attack, and one file of 2 GiB
+    /// or more does not fit an Arrow binary column at all.
+    pub max_image_bytes: u64,
+}
+
+impl ScanOptions {
+    /// The largest `max_image_bytes` accepted: well below Arrow's 2 GiB per binary array, with
+    /// room for the decoded pixels.
+    pub const MAX_IMAGE_BYTES_LIMIT: u64 = 1 << 30;
 }
 
 impl Default for ScanOptions {
     fn default() -> Self {
-        Self { files_per_partition: 256 }
+        Self { files_per_partition: 256, max_image_bytes: 256 << 20 }
     }
 }
 
@@ -74,6 +97,13 @@ impl ImagesTable {
         if options.files_per_partition == 0 {
             return plan_err!("files_per_partition must be at least 1");
         }
+        if !(1..=ScanOptions::MAX_IMAGE_BYTES_LIMIT).contains(&options.max_image_bytes) {
+            return plan_err!(
+                "max_image_bytes must be between 1 and {} (1 GiB), not {}",
+                ScanOptions::MAX_IMAGE_BYTES_LIMIT,
+                options.max_image_bytes
+            );
+        }
         Ok(Self { location: ListingTableUrl::parse(location)?, options })
     }
 
@@ -86,9 +116,27 @@ impl ImagesTable {
         self.options
     }
 
+    /// The scan files of `listing`: every image, the ones above the size limit marked with
+    /// the reason they are not read, then every skipped entry with its reason. Each is one row.
+    fn scan_files(&self, listing: Listing) -> Vec<PartitionedFile> {
+        let limit = self.options.max_image_bytes;
+        let images = listing.images.into_iter().map(|image| {
+            let reason = (image.size() > limit).then(|| {
+                format!("file of {} is above the limit of {} (--max-image-bytes)", bytes(image.size()), bytes(limit))
+            });
+            image.into_partitioned_file().with_partition_values(vec![ScalarValue::Utf8(reason)])
+        });
+        let skipped = listing.skipped.into_iter().map(|entry| {
+            let reason = format!("skipped while listing: {}", entry.reason);
+            PartitionedFile::new_from_meta(ImageFile::new(entry.location, 0).meta)
+                .with_partition_values(vec![ScalarValue::Utf8(Some(reason))])
+        });
+        images.chain(skipped).collect()
+    }
+
     /// Groups files into partitions: as many as `files_per_partition` asks, rounded up to a
     /// multiple of `target_partitions` so that the last wave of tasks keeps every slot busy.
-    fn file_groups(&self, files: Vec<ImageFile>, target_partitions: usize) -> Vec<FileGroup> {
+    fn file_groups(&self, files: Vec<PartitionedFile>, target_partitions: usize) -> Vec<FileGroup> {
         if files.is_empty() {
             return Vec::new();
         }
@@ -97,7 +145,7 @@ impl ImagesTable {
         let groups = needed.div_ceil(slots) * slots;
         let groups = groups.min(files.len());
         let per_group = files.len().div_ceil(groups);
-        let mut files = files.into_iter().map(ImageFile::into_partitioned_file).peekable();
+        let mut files = files.into_iter().peekable();
         let mut out = Vec::with_capacity(groups);
         while files.peek().is_some() {
             out.push(FileGroup::new(files.by_ref().take(per_group).collect()));
@@ -106,10 +154,25 @@ impl ImagesTable {
     }
 }
 
+/// `123 B`, `4.5 MiB`, `2.0 GiB`: sizes in messages.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[async_trait]
 impl TableProvider for ImagesTable {
     fn schema(&self) -> SchemaRef {
-        images_schema()
+        Arc::clone(images_table_schema().table_schema())
     }
 
     fn table_type(&self) -> TableType {
@@ -125,15 +188,20 @@ impl TableProvider for ImagesTable {
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let store_url = self.location.object_store();
         let folder = Location::parse(self.location.as_str(), state.runtime_env())?;
-        let files = list_images(&folder).await?;
+        let listing = list_images(&folder).await?;
+        for entry in &listing.skipped {
+            log::warn!("images: skipped {}: {}", folder.url_of(&entry.location), entry.reason);
+        }
+        let (images, skipped) = (listing.images.len(), listing.skipped.len());
+        let files = self.scan_files(listing);
         let total = files.len();
         let groups = self.file_groups(files, state.config().target_partitions());
-        log::info!("images: {total} files under {} in {} partitions", self.location, groups.len());
+        log::info!("images: {images} files under {} ({skipped} entries skipped) in {} partitions", self.location, groups.len());
 
-        // Exactly one row per file: the count is exact, so `count(*)` needs no read at all.
-        let schema = images_schema();
-        let statistics = Statistics::new_unknown(&schema).with_num_rows(Precision::Exact(total));
-        let source = Arc::new(ImageSource::new(TableSchema::from(schema)));
+        // Exactly one row per entry: the count is exact, so `count(*)` needs no read at all.
+        let table_schema = images_table_schema();
+        let statistics = Statistics::new_unknown(table_schema.table_schema()).with_num_rows(Precision::Exact(total));
+        let source = Arc::new(ImageSource::new(table_schema));
         let config = FileScanConfigBuilder::new(store_url, source)
             .with_file_groups(groups)
             .with_statistics(statistics)
@@ -148,8 +216,8 @@ impl TableProvider for ImagesTable {
 mod tests {
     use super::*;
 
-    fn files(n: usize) -> Vec<ImageFile> {
-        (0..n).map(|i| ImageFile::new(format!("data/Apple/{i}.jpg").into(), 10)).collect()
+    fn files(n: usize) -> Vec<PartitionedFile> {
+        (0..n).map(|i| ImageFile::new(format!("data/Apple/{i}.jpg").into(), 10).into_partitioned_file()).collect()
     }
 
     fn sizes(groups: &[FileGroup]) -> Vec<usize> {
@@ -158,7 +226,7 @@ mod tests {
 
     #[test]
     fn groups_are_a_multiple_of_the_task_slots() {
-        let table = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 256 }).unwrap();
+        let table = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 256, ..Default::default() }).unwrap();
         let groups = table.file_groups(files(4835), 2);
         assert_eq!(groups.len(), 20);
         assert_eq!(sizes(&groups).iter().sum::<usize>(), 4835);
@@ -175,7 +243,29 @@ mod tests {
 
     #[test]
     fn zero_files_per_partition_is_refused() {
-        let err = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 0 }).unwrap_err();
+        let err = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 0, ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("files_per_partition"));
+        let huge = ScanOptions { max_image_bytes: 2 << 30, ..Default::default() };
+        assert!(ImagesTable::try_new("/tmp", huge).unwrap_err().to_string().contains("max_image_bytes"));
+    }
+
+    #[test]
+    fn files_above_the_limit_and_skipped_entries_are_rows_that_say_why() {
+        let options = ScanOptions { max_image_bytes: 1000, ..Default::default() };
+        let table = ImagesTable::try_new("/tmp", options).unwrap();
+        let listing = Listing {
+            images: vec![ImageFile::new("a/small.jpg".into(), 1000), ImageFile::new("a/huge.jpg".into(), 3 << 30)],
+            skipped: vec![Skipped { location: "a/locked".into(), reason: "cannot read it: denied".into() }],
+        };
+        let reasons: Vec<ScalarValue> =
+            table.scan_files(listing).into_iter().map(|f| f.partition_values[0].clone()).collect();
+        assert_eq!(
+            reasons,
+            [
+                ScalarValue::Utf8(None),
+                ScalarValue::Utf8(Some("file of 3.0 GiB is above the limit of 1000 B (--max-image-bytes)".into())),
+                ScalarValue::Utf8(Some("skipped while listing: cannot read it: denied".into())),
+            ]
+        );
     }
 }

@@ -3,15 +3,21 @@
 //! DataFusion's file stream keeps a single read in flight. An image is small and its
 //! featurizing short, so on an object store one-at-a-time reads would leave a task waiting on
 //! request latency most of the time; the opener therefore fetches the next files of its
-//! partition ahead, a few at once.
+//! partition ahead, a few at once, within a byte budget.
 //!
-//! A file that vanished after listing is a row without content (reported by `featurize`); any
-//! other failed read fails the task, as an I/O error (retried by Ballista) when it may pass.
+//! A file is never read when the listing marked it (`read_error`: above the size limit, or an
+//! entry that could not be listed), and a file that vanished after listing is a row without
+//! content; `featurize_or_error` reports both. Any other failed read fails the task, as an I/O
+//! error (retried by Ballista) when it may pass. The bytes read become the `content` column
+//! without a copy.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
+use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
+use datafusion::common::ScalarValue;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::listing::PartitionedFile;
@@ -28,8 +34,8 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::task::JoinHandle;
 
-use super::listing::{label_of, percent_decode};
-use crate::location::StoreError;
+use super::listing::label_of;
+use crate::location::{Naming, StoreError};
 
 /// Reads whole image files as rows of `(path, label, content)`.
 #[derive(Clone)]
@@ -58,7 +64,10 @@ impl FileSource for ImageSource {
     ) -> Result<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
         let columns = self.projection.file_indices.clone();
-        let files = config.file_groups.get(partition).map(|group| group.iter().map(|f| f.object_meta.location.clone()));
+        // Files the listing marked are not read, so they are not fetched ahead either.
+        let files = config.file_groups.get(partition).map(|group| {
+            group.iter().filter(|f| read_error(f).is_none()).map(|f| (f.object_meta.location.clone(), f.object_meta.size))
+        });
         let opener = Arc::new(ImageOpener {
             prefetch: Prefetch::new(store, files.into_iter().flatten().collect()),
             store_url: config.object_store_url.clone(),
@@ -122,9 +131,11 @@ impl FileOpener for ImageOpener {
     fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
         let columns = self.columns.clone();
         let schema = Arc::clone(&self.schema);
-        let location = file.object_meta.location;
-        let url = format!("{}{}", self.store_url.as_str(), percent_decode(location.as_ref()));
-        let fetch = columns.contains(&2).then(|| self.prefetch.take(&location));
+        let naming = Naming::of(&self.store_url);
+        let location = file.object_meta.location.clone();
+        let url = naming.display_url(&self.store_url, &location);
+        let label = label_of(&location, &self.store_url);
+        let fetch = (columns.contains(&2) && read_error(&file).is_none()).then(|| self.prefetch.take(&location));
         Ok(async move {
             let content = match fetch {
                 Some(fetch) => {
@@ -138,8 +149,8 @@ impl FileOpener for ImageOpener {
                 .map(|column| -> ArrayRef {
                     match column {
                         0 => Arc::new(StringArray::from(vec![url.as_str()])),
-                        1 => Arc::new(StringArray::from(vec![label_of(&location)])),
-                        _ => Arc::new(BinaryArray::from(vec![content.as_deref()])),
+                        1 => Arc::new(StringArray::from(vec![label.clone()])),
+                        _ => Arc::new(binary_column(content.clone())),
                     }
                 })
                 .collect();
@@ -150,17 +161,40 @@ impl FileOpener for ImageOpener {
     }
 }
 
+/// The reason the listing gave for not reading `file`, if any (its `read_error` value).
+fn read_error(file: &PartitionedFile) -> Option<&str> {
+    match file.partition_values.first() {
+        Some(ScalarValue::Utf8(Some(reason))) => Some(reason),
+        _ => None,
+    }
+}
+
+/// A one-row binary column over `content`'s bytes, without copying them.
+fn binary_column(content: Option<Bytes>) -> BinaryArray {
+    match content {
+        Some(bytes) => {
+            let offsets = OffsetBuffer::from_lengths([bytes.len()]);
+            BinaryArray::new(offsets, Buffer::from(bytes), None)
+        }
+        None => BinaryArray::new_null(1),
+    }
+}
+
 /// Files fetched ahead of time at most, per partition: enough to hide object-store latency
-/// behind inference, little memory (a few images).
+/// behind inference.
 const PREFETCH_FILES: usize = 16;
+/// Bytes fetched ahead at most, per partition (the file asked for is always fetched): a few
+/// large images are enough to wait on, and memory stays bounded whatever the files weigh.
+const PREFETCH_BYTES: u64 = 64 << 20;
 
-type Fetch = JoinHandle<object_store::Result<Vec<u8>>>;
+type Fetch = JoinHandle<object_store::Result<Bytes>>;
 
-/// The reads of one partition's files, started up to [`PREFETCH_FILES`] ahead of the file the
-/// stream asks for.
+/// The reads of one partition's files, started up to [`PREFETCH_FILES`] files and
+/// [`PREFETCH_BYTES`] bytes ahead of the file the stream asks for.
 struct Prefetch {
     store: Arc<dyn ObjectStore>,
-    files: Vec<Path>,
+    /// Path and listed size of each file to read, in the order the stream asks for them.
+    files: Vec<(Path, u64)>,
     position: HashMap<Path, usize>,
     state: Mutex<PrefetchState>,
 }
@@ -173,30 +207,39 @@ struct PrefetchState {
 }
 
 impl Prefetch {
-    fn new(store: Arc<dyn ObjectStore>, files: Vec<Path>) -> Arc<Self> {
-        let position = files.iter().enumerate().map(|(i, f)| (f.clone(), i)).collect();
+    fn new(store: Arc<dyn ObjectStore>, files: Vec<(Path, u64)>) -> Arc<Self> {
+        let position = files.iter().enumerate().map(|(i, (f, _))| (f.clone(), i)).collect();
         Arc::new(Self { store, files, position, state: Mutex::default() })
     }
 
     /// The read of `location`, started now if it was not already, with the reads of the files
-    /// after it in the partition.
+    /// after it in the partition, as far as the budgets allow.
     fn take(&self, location: &Path) -> Fetch {
         let Some(&index) = self.position.get(location) else {
             return self.spawn(location.clone());
         };
         let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let end = (index + PREFETCH_FILES).min(self.files.len());
-        for ahead in state.next.max(index)..end {
-            let fetch = self.spawn(self.files[ahead].clone());
-            state.started.insert(ahead, fetch);
+        let fetch = state.started.remove(&index).unwrap_or_else(|| self.spawn(location.clone()));
+        state.next = state.next.max(index + 1);
+        // In flight ahead: the reads started and not yet taken.
+        let mut ahead_bytes: u64 = state.started.keys().map(|&i| self.files[i].1).sum();
+        while state.next < self.files.len() && state.next < index + 1 + PREFETCH_FILES {
+            let (path, size) = &self.files[state.next];
+            if ahead_bytes + size > PREFETCH_BYTES {
+                break;
+            }
+            ahead_bytes += size;
+            let ahead = self.spawn(path.clone());
+            let next = state.next;
+            state.started.insert(next, ahead);
+            state.next += 1;
         }
-        state.next = state.next.max(end);
-        state.started.remove(&index).unwrap_or_else(|| self.spawn(location.clone()))
+        fetch
     }
 
     fn spawn(&self, location: Path) -> Fetch {
         let store = Arc::clone(&self.store);
-        tokio::spawn(async move { Ok(store.get(&location).await?.bytes().await?.to_vec()) })
+        tokio::spawn(async move { store.get(&location).await?.bytes().await })
     }
 }
 
@@ -213,7 +256,7 @@ impl Drop for Prefetch {
 /// The file's bytes; `None` if it was deleted since listing, which leaves a row with NULL
 /// content (reported by `featurize`) instead of failing a job over one missing file. A transient
 /// failure is an I/O error, so Ballista retries the task; a refusal (permissions) fails it.
-fn content_or_missing(fetched: object_store::Result<Vec<u8>>, url: &str) -> Result<Option<Vec<u8>>> {
+fn content_or_missing(fetched: object_store::Result<Bytes>, url: &str) -> Result<Option<Bytes>> {
     match fetched {
         Ok(bytes) => Ok(Some(bytes)),
         Err(object_store::Error::NotFound { .. }) => {
@@ -228,12 +271,32 @@ fn content_or_missing(fetched: object_store::Result<Vec<u8>>, url: &str) -> Resu
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn reads_ahead_stay_within_the_byte_budget() {
+        let store = Arc::new(object_store::memory::InMemory::new());
+        let mib = 1 << 20;
+        let files: Vec<(Path, u64)> =
+            [40 * mib, 40 * mib, 40 * mib, 1, 1].iter().enumerate().map(|(i, &size)| (Path::from(format!("{i}.jpg")), size)).collect();
+        let prefetch = Prefetch::new(store, files.clone());
+        let ahead = |prefetch: &Prefetch| {
+            let mut started: Vec<usize> = prefetch.state.lock().unwrap().started.keys().copied().collect();
+            started.sort();
+            started
+        };
+        drop(prefetch.take(&files[0].0));
+        assert_eq!(ahead(&prefetch), [1], "a second 40 MiB file would pass 64 MiB");
+        drop(prefetch.take(&files[1].0));
+        assert_eq!(ahead(&prefetch), [2, 3, 4]);
+        // A file that is not in the partition's list is still read, on its own.
+        assert!(prefetch.take(&Path::from("other.jpg")).await.unwrap().is_err());
+    }
+
     #[test]
     fn a_vanished_file_is_a_row_and_a_failed_read_is_retried() {
         let url = "s3://b/Apple/1.jpg";
         let gone = object_store::Error::NotFound { path: "Apple/1.jpg".into(), source: "404".into() };
         assert_eq!(content_or_missing(Err(gone), url).unwrap(), None);
-        assert_eq!(content_or_missing(Ok(b"jpg".to_vec()), url).unwrap().as_deref(), Some(&b"jpg"[..]));
+        assert_eq!(content_or_missing(Ok(Bytes::from_static(b"jpg")), url).unwrap().as_deref(), Some(&b"jpg"[..]));
 
         let reset = object_store::Error::Generic { store: "S3", source: "connection reset".into() };
         let error = content_or_missing(Err(reset), url).unwrap_err();
