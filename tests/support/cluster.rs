@@ -184,12 +184,6 @@ impl Cluster {
     }
 }
 
-/// A plain HTTP/1.1 GET; `None` unless it answered 200.
-pub fn http_get(address: &str, path: &str) -> Option<String> {
-    let response = http_request(address, "GET", path, None)?;
-    (response.status == 200).then_some(response.body)
-}
-
 /// An HTTP response: status, header lines and body.
 #[derive(Debug)]
 pub struct HttpResponse {
