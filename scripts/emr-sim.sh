@@ -264,8 +264,11 @@ EOF
   # Ready when both executors have registered with the scheduler.
   local executors=0
   for _ in $(seq 120); do
-    executors="$(docker exec "${project}-master" curl -fsS -m 2 http://localhost:50050/api/executors 2>/dev/null |
-      grep -o '"host"' | wc -l || true)"
+    # The REST API wants the cluster secret as the bearer token: curl reads it as a header file,
+    # so that it is on no command line.
+    executors="$(docker exec "${project}-master" bash -c 'curl -fsS -m 2 \
+      -H @<(printf "Authorization: Bearer %s\n" "$(cat /etc/fruits/cluster.secret)") \
+      http://localhost:50050/api/executors' 2>/dev/null | grep -o '"host"' | wc -l || true)"
     ((executors >= 2)) && break
     sleep 1
   done

@@ -5,6 +5,10 @@
 #                                   and write the AWS_* variables every fruits process needs to DIR/env
 #   scripts/local-s3.sh stop DIR    stop it (DIR is kept; `rm -rf DIR` removes the data)
 #
+# DIR/env holds the S3 key and its secret, and DIR/garage.toml Garage's RPC secret: DIR is made
+# private to its owner (mode 700, created so if new) and every file in it is created mode 600 at
+# most. A DIR owned by another user is refused. No secret is passed on a command line.
+#
 # Settings: S3_PORT (3900), BUCKET (fruits). Garage comes from PATH or from where
 # scripts/setup-garage.sh (`make setup-s3`) installs it.
 set -euo pipefail
@@ -16,8 +20,12 @@ bucket="${BUCKET:-fruits}"
 cache="${FRUITS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fruits}"
 garage="$(command -v garage || echo "${cache}/tools/bin/garage")"
 [[ -x "${garage}" ]] || { echo "error: garage not found: run make setup-s3" >&2; exit 1; }
+# Everything this script and Garage create is private: keys, config, data, logs.
+umask 077
 mkdir -p "${dir}"
 dir="$(cd "${dir}" && pwd)"
+[[ -O "${dir}" ]] || { echo "error: ${dir} belongs to another user: the S3 secrets written there would not be private" >&2; exit 1; }
+chmod 700 "${dir}"
 config="${dir}/garage.toml"
 g() { "${garage}" -c "${config}" "$@"; }
 
@@ -27,6 +35,7 @@ start)
     echo "already running: . ${dir}/env"
     exit 0
   fi
+  rm -f "${config}"
   cat >"${config}" <<TOML
 metadata_dir = "${dir}/meta"
 data_dir = "${dir}/data"
@@ -49,13 +58,18 @@ TOML
   echo $! >"${dir}/garage.pid"
   for _ in $(seq 100); do g status >/dev/null 2>&1 && break; sleep 0.2; done
   g status >/dev/null || { echo "error: garage did not start; see ${dir}/garage.log" >&2; exit 1; }
-  cat >"${dir}/env" <<ENV
+  # Written next to the old file and moved over it: an existing env file keeps its mode when
+  # rewritten in place, and may have been readable by others.
+  rm -f "${dir}/env.new"
+  cat >"${dir}/env.new" <<ENV
 export AWS_ENDPOINT_URL=http://127.0.0.1:${port}
 export AWS_REGION=garage
 export AWS_ALLOW_HTTP=true
 export AWS_ACCESS_KEY_ID=${key_id}
 export AWS_SECRET_ACCESS_KEY=${secret}
 ENV
+  chmod 600 "${dir}/env.new"
+  mv -f "${dir}/env.new" "${dir}/env"
   echo "garage on http://127.0.0.1:${port}, bucket ${bucket}; load the settings with: . ${dir}/env"
   ;;
 stop)

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::cluster::http_get;
+use crate::support::cluster::http_request;
 use crate::support::docker::{compose_or_skip, docker};
 use crate::support::s3::{S3Account, S3Bucket, random_hex};
 use crate::support::*;
@@ -266,11 +266,23 @@ impl Compose {
         running
     }
 
-    /// Executors the scheduler knows, through its REST API on the host port.
+    /// Executors the scheduler knows, through its REST API on the host port, with the cluster's
+    /// secret as the bearer token (the API refuses calls without it).
     fn registered_executors(&self) -> Option<usize> {
-        let body = http_get(&format!("127.0.0.1:{}", self.scheduler_port), "/api/executors")?;
-        let executors: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let secret = self.cluster_secret()?;
+        let address = format!("127.0.0.1:{}", self.scheduler_port);
+        let response = http_request(&address, "GET", "/api/executors", Some(&secret))?;
+        let executors: serde_json::Value = serde_json::from_str(&response.body).ok()?;
         executors.as_array().map(Vec::len)
+    }
+
+    /// The secret secret-init wrote into the cluster's volume, read in the scheduler container;
+    /// `None` until the scheduler runs.
+    fn cluster_secret(&self) -> Option<String> {
+        let output =
+            self.command(&["exec", "-T", "scheduler", "cat", "/var/lib/fruits-secret/cluster.secret"]).output().ok()?;
+        let secret = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+        (output.status.success() && !secret.is_empty()).then_some(secret)
     }
 
     fn project_label(&self) -> String {

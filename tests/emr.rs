@@ -29,6 +29,11 @@ const CORE_HOSTS: [&str; 2] = ["ip-10-0-0-11.ec2.internal", "ip-10-0-0-12.ec2.in
 /// How long a killed executor may take to be restarted by systemd (RestartSec=5) and register.
 const RESTART_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `GET /api/executors` on the master's scheduler, run as root there.
+const AUTHENTICATED_EXECUTORS: &str = "curl -fsS -m 5 \\
+    -H @<(printf 'Authorization: Bearer %s\\n' \"$(cat /etc/fruits/cluster.secret)\") \\
+    http://localhost:50050/api/executors";
+
 #[test]
 fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
     if !engine_or_skip("the EMR simulation test") {
@@ -285,7 +290,9 @@ impl Sim {
 
     /// The executors the scheduler lists (`GET /api/executors` on the master): host and id.
     fn executors(&self) -> Vec<(String, String)> {
-        let json = self.exec("master", &["curl", "-fsS", "-m", "5", "http://localhost:50050/api/executors"]);
+        // With the cluster secret as the bearer token, passed to curl as a header file so that it
+        // is on no command line.
+        let json = self.exec("master", &["bash", "-c", AUTHENTICATED_EXECUTORS]);
         let list: serde_json::Value = serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         let list = list.as_array().unwrap_or_else(|| panic!("not a list: {json}"));
         list.iter()

@@ -9,6 +9,7 @@
 
 mod support;
 
+mod auth;
 mod cluster;
 mod codec;
 mod compose;

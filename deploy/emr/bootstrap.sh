@@ -8,8 +8,13 @@
 #
 #   bootstrap.sh --release s3://BUCKET/fruits/fruits-linux-x86_64.tar.gz \
 #                --model s3://BUCKET/fruits/mobilenetv2_features.onnx \
+#                --secret s3://BUCKET/fruits/cluster.secret \
 #                [--region REGION] [--executor-vcores N] [--inference-threads N]
 #
+# --secret             the cluster's shared secret (deploy/emr/upload.sh makes it): installed as
+#                      /etc/fruits/cluster.secret, owner fruits, mode 600, and on the master also as
+#                      /home/hadoop/.fruits/cluster.secret for the steps, which run as hadoop. The
+#                      services listen on every interface and refuse any call without it.
 # --region             region of the bucket(s); default AWS_REGION, else the node's own region
 #                      (instance metadata service)
 # --executor-vcores    task slots of each executor (default: the node's cores)
@@ -45,11 +50,12 @@ usage() {
   exit 2
 }
 
-release="" model="" region="${AWS_REGION:-}" vcores="" threads=""
+release="" model="" secret_url="" region="${AWS_REGION:-}" vcores="" threads=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --release) release="${2:?--release needs a value}"; shift 2 ;;
     --model) model="${2:?--model needs a value}"; shift 2 ;;
+    --secret) secret_url="${2:?--secret needs a value}"; shift 2 ;;
     --region) region="${2:?--region needs a value}"; shift 2 ;;
     --executor-vcores) vcores="${2:?--executor-vcores needs a value}"; shift 2 ;;
     --inference-threads) threads="${2:?--inference-threads needs a value}"; shift 2 ;;
@@ -59,6 +65,8 @@ while [[ $# -gt 0 ]]; do
 done
 [[ "${release}" == s3://?*/?* ]] || fail "--release must be the s3:// URL of the release tarball (deploy/emr/package.sh), got '${release}'"
 [[ "${model}" == s3://?*/?* ]] || fail "--model must be the s3:// URL of the ONNX model, got '${model}'"
+[[ "${secret_url}" == s3://?*/?* ]] ||
+  fail "--secret must be the s3:// URL of the cluster secret (deploy/emr/upload.sh makes it), got '${secret_url}'"
 for number in "${vcores}" "${threads}"; do
   [[ -z "${number}" || "${number}" =~ ^[1-9][0-9]*$ ]] || fail "--executor-vcores and --inference-threads take a positive integer, got '${number}'"
 done
@@ -66,7 +74,7 @@ done
 # Bootstrap actions run as hadoop, which may sudo. Everything below installs system-wide, so the
 # script runs itself again as root, keeping the environment (S3 settings of a simulation).
 if [[ "$(id -u)" != 0 ]]; then
-  exec sudo -E -- bash "$0" --release "${release}" --model "${model}" ${region:+--region "${region}"} \
+  exec sudo -E -- bash "$0" --release "${release}" --model "${model}" --secret "${secret_url}" ${region:+--region "${region}"} \
     ${vcores:+--executor-vcores "${vcores}"} ${threads:+--inference-threads "${threads}"}
 fi
 
@@ -137,6 +145,20 @@ url_encode_key() {
   printf '%s' "${out}"
 }
 
+# A curl config value in double quotes (curl's escapes: backslash and double quote).
+curl_quote() {
+  local value="${1//\\/\\\\}"
+  printf '"%s"' "${value//\"/\\\"}"
+}
+
+# curl's --config lines with the S3 credentials. They reach curl on its standard input, never on
+# its command line, where every user of the node could read them (ps, /proc/PID/cmdline); printf
+# is a shell builtin, so printing them starts no process either.
+curl_credentials() {
+  printf 'user = %s\n' "$(curl_quote "${AWS_ACCESS_KEY_ID}:${AWS_SECRET_ACCESS_KEY}")"
+  [[ -z "${AWS_SESSION_TOKEN:-}" ]] || printf 'header = %s\n' "$(curl_quote "x-amz-security-token: ${AWS_SESSION_TOKEN}")"
+}
+
 # fetch s3://BUCKET/KEY FILE
 fetch() {
   local url="$1" dest="$2" bucket key endpoint
@@ -158,13 +180,14 @@ fetch() {
     fi
     # S3 wants the payload's hash in x-amz-content-sha256 with every SigV4 request (curl signs
     # the x-amz-* headers it is given); a GET sends no payload to hash.
-    curl -fsS --retry 3 --aws-sigv4 "aws:amz:${region}:s3" \
-      --user "${AWS_ACCESS_KEY_ID}:${AWS_SECRET_ACCESS_KEY}" -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
-      ${AWS_SESSION_TOKEN:+-H "x-amz-security-token: ${AWS_SESSION_TOKEN}"} \
+    curl_credentials | curl --config - -fsS --retry 3 --aws-sigv4 "aws:amz:${region}:s3" \
+      -H "x-amz-content-sha256: UNSIGNED-PAYLOAD" \
       -o "${dest}" "${endpoint}/$(url_encode_key "${key}")" || fail "cannot download ${url} with curl (see above)"
   fi
 }
 
+# Private (mode 700, as mktemp makes it): the secret passes through it.
+umask 077
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
 
@@ -194,12 +217,26 @@ fi
 install -d -o fruits -g fruits -m 0750 /var/lib/fruits
 install -d -m 0755 "${conf_dir}"
 
+# The cluster secret: readable by the services' user only; the steps run as hadoop on the master,
+# which gets its own copy.
+log "downloading the cluster secret ${secret_url}"
+fetch "${secret_url}" "${work}/cluster.secret"
+[[ "$(tr -d '[:space:]' <"${work}/cluster.secret" | wc -c)" -ge 32 ]] ||
+  fail "${secret_url} is not a cluster secret (at least 32 characters; deploy/emr/upload.sh makes one)"
+install -o fruits -g fruits -m 0600 "${work}/cluster.secret" "${conf_dir}/cluster.secret"
+if [[ "${role}" == scheduler ]] && id hadoop >/dev/null 2>&1; then
+  hadoop_home="$(getent passwd hadoop | cut -d: -f6)"
+  install -d -o hadoop -g hadoop -m 0700 "${hadoop_home}/.fruits"
+  install -o hadoop -g hadoop -m 0600 "${work}/cluster.secret" "${hadoop_home}/.fruits/cluster.secret"
+fi
+
 # Settings every fruits process on the node shares. Only what is set is written: on EMR that is
 # the region, and credentials come from the instance profile.
 {
   echo "# Written by the fruits bootstrap action on $(date -u +%Y-%m-%dT%H:%M:%SZ)."
   echo "AWS_REGION=${region}"
   echo "FRUITS_ORT_LIBRARY=${prefix}/lib/libonnxruntime.so.1.31.1"
+  echo "FRUITS_SECRET_FILE=${conf_dir}/cluster.secret"
   for name in AWS_ENDPOINT_URL AWS_ALLOW_HTTP AWS_ACCESS_KEY_ID AWS_SECRET_ACCESS_KEY AWS_SESSION_TOKEN \
     FRUITS_S3_PATH_STYLE RUST_LOG; do
     [[ -z "${!name:-}" ]] || echo "${name}=${!name}"

@@ -6,11 +6,15 @@
 #   $FRUITS_DEPLOY/bootstrap.sh                  the bootstrap action
 #   $FRUITS_DEPLOY/fruits-linux-x86_64.tar.gz    the release (deploy/emr/package.sh)
 #   $FRUITS_DEPLOY/<model file name>             the ONNX model
+#   $FRUITS_DEPLOY/cluster.secret                the cluster's shared secret (made once, kept)
 
 # The names of the objects upload.sh writes under FRUITS_DEPLOY.
 FRUITS_RELEASE_OBJECT=fruits-linux-x86_64.tar.gz
 FRUITS_BOOTSTRAP_OBJECT=bootstrap.sh
 FRUITS_MODEL_OBJECT_DEFAULT=mobilenetv2_features.onnx
+FRUITS_SECRET_OBJECT=cluster.secret
+# Where the bootstrap puts the secret for the steps, which run as hadoop on the master.
+FRUITS_STEP_SECRET_FILE=/home/hadoop/.fruits/cluster.secret
 
 fruits_fail() {
   echo "error: $*" >&2
@@ -29,7 +33,8 @@ fruits_require_s3_url() {
 fruits_bootstrap_args() {
   local deploy="${FRUITS_DEPLOY%/}"
   printf '%s\n' --release "${deploy}/${FRUITS_RELEASE_OBJECT}" \
-    --model "${deploy}/${FRUITS_MODEL_OBJECT:-${FRUITS_MODEL_OBJECT_DEFAULT}}"
+    --model "${deploy}/${FRUITS_MODEL_OBJECT:-${FRUITS_MODEL_OBJECT_DEFAULT}}" \
+    --secret "${deploy}/${FRUITS_SECRET_OBJECT}"
   [[ -z "${FRUITS_REGION:-}" ]] || printf '%s\n' --region "${FRUITS_REGION}"
   [[ -z "${FRUITS_EXECUTOR_VCORES:-}" ]] || printf '%s\n' --executor-vcores "${FRUITS_EXECUTOR_VCORES}"
   [[ -z "${FRUITS_INFERENCE_THREADS:-}" ]] || printf '%s\n' --inference-threads "${FRUITS_INFERENCE_THREADS}"
@@ -37,9 +42,10 @@ fruits_bootstrap_args() {
 
 # The step's command line on the master node, one argument per line: the fruits client against
 # the scheduler the bootstrap started there, from FRUITS_INPUT to FRUITS_OUTPUT. The client reads
-# the input listing and commits the output itself, so it needs the bucket's region too.
+# the input listing and commits the output itself, so it needs the bucket's region too, and the
+# cluster secret (a path in the environment: never the secret itself on a command line).
 fruits_step_args() {
-  printf '%s\n' /opt/fruits/bin/fruits run --scheduler df://localhost:50050 \
+  printf '%s\n' env "FRUITS_SECRET_FILE=${FRUITS_STEP_SECRET_FILE}" /opt/fruits/bin/fruits run --scheduler df://localhost:50050 \
     --input "${FRUITS_INPUT}" --output "${FRUITS_OUTPUT}"
   [[ -z "${FRUITS_REGION:-}" ]] || printf '%s\n' --s3-region "${FRUITS_REGION}"
   # Extra client flags, split on spaces (for example "--pca-k 3 --csv").

@@ -9,6 +9,7 @@ use ballista::prelude::{SessionConfigExt, SessionContextExt};
 use ballista_core::config::BALLISTA_STANDALONE_PARALLELISM;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use fruits_process::ModelArgs;
+use fruits_process::auth::{self, Secret};
 use fruits_udfs::{Backend, Featurizer, IMAGES_TABLE, ImagesTable, ObjectStores, Parallelism, ScanOptions, is_url};
 use url::Url;
 
@@ -23,8 +24,8 @@ pub enum Mode {
     Embedded { featurizer: Arc<Featurizer>, slots: usize },
     /// On the executors of the cluster behind `scheduler` (as given; `address` is its
     /// `HOST:PORT`, which also serves the scheduler's REST API); this process only plans and
-    /// commits.
-    Cluster { scheduler: String, address: String },
+    /// commits. `secret` is the cluster's, when it has one (`FRUITS_SECRET_FILE`).
+    Cluster { scheduler: String, address: String, secret: Option<Secret> },
 }
 
 /// A session on a running engine, with the featurize functions registered.
@@ -74,16 +75,22 @@ impl Engine {
             Ok(Err(e)) => bail!("cannot reach the fruits scheduler at {scheduler} ({address}): {e}"),
             Err(_) => bail!("cannot reach the fruits scheduler at {scheduler} ({address}): no answer within 10 s"),
         }
-        let state = fruits_udfs::session_state(
-            SessionConfig::new_with_ballista(),
-            stores.runtime_env()?,
-            &Backend::PlanningOnly,
-        );
+        // A scheduler that wants a secret this client lacks (or has wrong) says so now, before a
+        // job is planned or submitted.
+        let secret = Secret::from_env()?;
+        auth::check_scheduler(&format!("http://{address}"), secret.as_ref(), "client", Duration::ZERO).await?;
+        let mut config = SessionConfig::new_with_ballista();
+        if let Some(secret) = &secret {
+            // Every call Ballista makes for this session: to the scheduler, and to the executors
+            // for results.
+            config = config.with_ballista_override_create_grpc_client_endpoint(secret.endpoint_override());
+        }
+        let state = fruits_udfs::session_state(config, stores.runtime_env()?, &Backend::PlanningOnly);
         let ctx = SessionContext::remote_with_state(&format!("df://{address}"), state)
             .await
             .with_context(|| format!("cannot connect to the fruits scheduler at {scheduler}"))?;
         fruits_udfs::register(&ctx, &Backend::PlanningOnly);
-        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), address } })
+        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), address, secret } })
     }
 
     /// Registers the `images` table over `input`.

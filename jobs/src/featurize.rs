@@ -157,8 +157,8 @@ fn track_progress(engine: &Engine, bar: &ProgressBar, run_id: &RunId) -> tokio::
                 }
             })
         }
-        Mode::Cluster { address, .. } => {
-            tokio::spawn(track_cluster_job(address.clone(), job_name(run_id), bar.clone()))
+        Mode::Cluster { address, secret, .. } => {
+            tokio::spawn(track_cluster_job(address.clone(), secret.clone(), job_name(run_id), bar.clone()))
         }
     }
 }

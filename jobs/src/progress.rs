@@ -3,6 +3,7 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
+use fruits_process::auth::Secret;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
 
@@ -28,9 +29,14 @@ pub fn counting_bar(total: u64, unit: &str, quiet: bool) -> ProgressBar {
 /// Moves `bar` from the status of the Ballista job named `job_name`, as the scheduler's REST
 /// API at `address` (`HOST:PORT`) reports it: images read by the finished tasks of the job's
 /// first stage (the one that featurizes and writes), and tasks done and running. Runs until
-/// aborted; an unreachable API only leaves the bar where it is.
-pub async fn track_cluster_job(address: String, job_name: String, bar: ProgressBar) {
-    let client = reqwest::Client::new();
+/// aborted; an unreachable API only leaves the bar where it is. The API of a cluster with a
+/// `secret` wants it as a bearer token.
+pub async fn track_cluster_job(address: String, secret: Option<Secret>, job_name: String, bar: ProgressBar) {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(secret) = &secret {
+        headers.insert(reqwest::header::AUTHORIZATION, secret.bearer());
+    }
+    let Ok(client) = reqwest::Client::builder().default_headers(headers).build() else { return };
     let base = format!("http://{address}/api");
     let mut job_id = None;
     let mut interval = tokio::time::interval(POLL_EVERY);

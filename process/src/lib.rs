@@ -1,6 +1,7 @@
 //! What every fruits binary shares: the client, the scheduler and the executor take the same
 //! model and S3 flags, spelled the same way, and log the same way.
 
+pub mod auth;
 pub mod logging;
 
 use std::path::PathBuf;

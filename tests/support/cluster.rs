@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -43,6 +43,20 @@ impl Process {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// How the process ended, if it does within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let started = Instant::now();
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if started.elapsed() > timeout {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     pub fn log(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         format!("--- {} ({})\n{}", self.name, self.log.display(), text)
@@ -61,7 +75,8 @@ pub struct ClusterOptions {
     pub executors: usize,
     /// Task slots of each executor.
     pub vcores: usize,
-    /// `NAME=value` pairs for every process (S3 endpoint and credentials).
+    /// `NAME=value` pairs for every process (S3 endpoint and credentials; `FRUITS_SECRET_FILE`
+    /// for an authenticated cluster, whose REST API [`Cluster::rest`] then calls with the secret).
     pub env: Vec<(String, String)>,
 }
 
@@ -70,6 +85,8 @@ pub struct Cluster {
     pub scheduler_port: u16,
     pub scheduler: Process,
     pub executors: Vec<Process>,
+    /// The cluster's secret, for REST calls.
+    secret: Option<String>,
     _dir: TempDir,
 }
 
@@ -84,33 +101,46 @@ impl Cluster {
             .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
             .args(["--bind-port", &scheduler_port.to_string()])
             .args(["--executor-timeout-seconds", "5", "--expire-dead-executor-interval-seconds", "1"])
+            .env_remove("FRUITS_SECRET_FILE")
             .envs(options.env.iter().cloned());
         let scheduler = Process::spawn("fruits-scheduler".into(), command, dir.path().join("scheduler.log"));
-        let mut cluster = Self { scheduler_port, scheduler, executors: Vec::new(), _dir: dir };
+        let secret =
+            options.env.iter().find(|(name, _)| name == "FRUITS_SECRET_FILE").map(|(_, path)| {
+                std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_owned()
+            });
+        let mut cluster = Self { scheduler_port, scheduler, executors: Vec::new(), secret, _dir: dir };
         cluster.wait_until(|c| c.rest("/api/executors").is_some(), "the scheduler to answer");
 
         for i in 0..options.executors {
-            let work_dir = cluster._dir.path().join(format!("executor-{i}"));
-            std::fs::create_dir_all(&work_dir).expect("work dir");
-            let mut command = Command::new(binary("fruits-executor"));
-            command
-                .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
-                .args(["--bind-port", &free_port().to_string()])
-                .args(["--bind-grpc-port", &free_port().to_string()])
-                .args(["--bind-health-port", &free_port().to_string()])
-                .args(["--scheduler-host", "127.0.0.1", "--scheduler-port", &scheduler_port.to_string()])
-                .args(["--vcores", &options.vcores.to_string(), "--executor-heartbeat-interval-seconds", "1"])
-                // Several executors share this machine's cores: one inference thread per slot.
-                .args(["--inference-threads", "1"])
-                .args(["--work-dir", work_dir.to_str().expect("utf-8 path")])
-                .args(["--model", model_path().to_str().expect("utf-8 path")])
-                .envs(options.env.iter().cloned());
-            let log = cluster._dir.path().join(format!("executor-{i}.log"));
-            cluster.executors.push(Process::spawn(format!("fruits-executor {i}"), command, log));
+            let executor = cluster.spawn_executor(&format!("executor-{i}"), options.vcores, &options.env);
+            cluster.executors.push(executor);
         }
         let expected = options.executors;
         cluster.wait_until(|c| c.executor_count() == Some(expected), "every executor to register");
         cluster
+    }
+
+    /// Starts one more `fruits-executor` for this scheduler, with `vcores` task slots and only
+    /// the variables in `env`, logging to `<name>.log`; does not wait for it to register.
+    pub fn spawn_executor(&self, name: &str, vcores: usize, env: &[(String, String)]) -> Process {
+        let work_dir = self._dir.path().join(name);
+        std::fs::create_dir_all(&work_dir).expect("work dir");
+        let mut command = Command::new(binary("fruits-executor"));
+        command
+            .args(["--bind-host", "127.0.0.1", "--external-host", "127.0.0.1"])
+            .args(["--bind-port", &free_port().to_string()])
+            .args(["--bind-grpc-port", &free_port().to_string()])
+            .args(["--bind-health-port", &free_port().to_string()])
+            .args(["--scheduler-host", "127.0.0.1", "--scheduler-port", &self.scheduler_port.to_string()])
+            .args(["--vcores", &vcores.to_string(), "--executor-heartbeat-interval-seconds", "1"])
+            // Several executors share this machine's cores: one inference thread per slot.
+            .args(["--inference-threads", "1"])
+            .args(["--work-dir", work_dir.to_str().expect("utf-8 path")])
+            .args(["--model", model_path().to_str().expect("utf-8 path")])
+            .env_remove("FRUITS_SECRET_FILE")
+            .envs(env.iter().cloned());
+        let log = self._dir.path().join(format!("{name}.log"));
+        Process::spawn(format!("fruits-executor {name}"), command, log)
     }
 
     /// `df://127.0.0.1:<port>`, for `fruits --scheduler`.
@@ -118,9 +148,16 @@ impl Cluster {
         format!("df://127.0.0.1:{}", self.scheduler_port)
     }
 
-    /// The body of a successful GET on the scheduler's REST API.
+    /// The body of a successful GET on the scheduler's REST API (with the cluster's secret, if
+    /// it has one).
     pub fn rest(&self, path: &str) -> Option<String> {
-        http_get(&format!("127.0.0.1:{}", self.scheduler_port), path)
+        let response = http_request(&self.scheduler_address(), "GET", path, self.secret.as_deref())?;
+        (response.status == 200).then_some(response.body)
+    }
+
+    /// `127.0.0.1:<port>`, where the scheduler's gRPC and REST API listen.
+    pub fn scheduler_address(&self) -> String {
+        format!("127.0.0.1:{}", self.scheduler_port)
     }
 
     /// Executors the scheduler currently knows.
@@ -147,20 +184,43 @@ impl Cluster {
     }
 }
 
-/// A plain HTTP/1.1 GET; `None` unless it answered 200.
-pub fn http_get(address: &str, path: &str) -> Option<String> {
+/// An HTTP response: status, header lines and body.
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if present.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().find_map(|line| {
+            let (key, value) = line.split_once(':')?;
+            key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// A plain HTTP/1.1 request without a body, with `Authorization: Bearer <bearer>` if given;
+/// `None` if the server cannot be reached or answers no HTTP.
+pub fn http_request(address: &str, method: &str, path: &str, bearer: Option<&str>) -> Option<HttpResponse> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n").ok()?;
+    let authorization = bearer.map(|b| format!("Authorization: Bearer {b}\r\n")).unwrap_or_default();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: {address}\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).ok()?;
     let response = String::from_utf8_lossy(&response);
     let (head, body) = response.split_once("\r\n\r\n")?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return None;
-    }
+    let status = head.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()?;
     let chunked = head.lines().any(|l| l.eq_ignore_ascii_case("transfer-encoding: chunked"));
-    Some(if chunked { dechunk(body) } else { body.to_owned() })
+    let body = if chunked { dechunk(body) } else { body.to_owned() };
+    Some(HttpResponse { status, head: head.to_owned(), body })
 }
 
 /// The payload of a chunked transfer encoding.
