@@ -239,7 +239,7 @@ fn cluster_errors_are_clear_and_commit_nothing() {
             "missing output bucket",
             cluster.scheduler_url(),
             input.clone(),
-            "cannot write in s3://no-such-output/out/features/".into(),
+            "cannot write in s3://no-such-output/out/".into(),
         ),
     ];
     for (case, scheduler, input, expected) in cases {

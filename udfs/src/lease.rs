@@ -76,8 +76,8 @@ pub enum LeaseError {
     Lost { folder: String, run_id: String },
     #[error("{folder}{LEASE_FILE} is not a fruits lease ({reason}); delete it if no fruits run is writing there")]
     Unreadable { folder: String, reason: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("cannot write in {folder}: {error}")]
+    Store { folder: String, error: StoreError },
 }
 
 /// An output folder held by this process until [`Lease::release`] (or the process ends).
@@ -91,8 +91,9 @@ pub struct Lease {
 
 impl Lease {
     /// Takes the lease on `folder` for `run_id`, replacing a stale one; refuses when another run
-    /// holds it.
+    /// holds it. A folder that cannot be written fails here, before any work.
     pub async fn acquire(folder: &Location, run_id: &str) -> Result<Self, LeaseError> {
+        let store = |error| store_error(folder, error);
         for _ in 0..2 {
             // Looked at first, so that on a store that ignores the condition a live lease is
             // still found before it would be overwritten.
@@ -107,12 +108,12 @@ impl Lease {
                     current.pid,
                     folder.url()
                 );
-                folder.delete(LEASE_FILE).await?;
+                folder.delete(LEASE_FILE).await.map_err(store)?;
             }
             let holder = LeaseHolder::new(run_id, now());
-            match folder.put_new(LEASE_FILE, to_json(&holder)).await? {
+            match folder.put_new(LEASE_FILE, to_json(&holder)).await.map_err(store)? {
                 PutNew::Created => {}
-                PutNew::Unsupported => folder.put(LEASE_FILE, to_json(&holder)).await?,
+                PutNew::Unsupported => folder.put(LEASE_FILE, to_json(&holder)).await.map_err(store)?,
                 // Another run created it since we looked: it is live, or gone again.
                 PutNew::Exists => match read(folder).await? {
                     Some(current) => return Err(LeaseError::Held { folder: folder.url().to_owned(), holder: current }),
@@ -167,7 +168,7 @@ impl Lease {
         if let Ok(Some(current)) = read(&self.folder).await
             && current.is_mine(&self.run_id)
         {
-            self.folder.delete(LEASE_FILE).await?;
+            self.folder.delete(LEASE_FILE).await.map_err(|e| store_error(&self.folder, e))?;
         }
         Ok(())
     }
@@ -205,7 +206,7 @@ async fn renew(folder: Location, run_id: String, lost: Arc<AtomicBool>) {
 
 /// The lease in `folder`, `None` if there is none.
 pub async fn read(folder: &Location) -> Result<Option<LeaseHolder>, LeaseError> {
-    let Some(bytes) = folder.get(LEASE_FILE).await? else {
+    let Some(bytes) = folder.get(LEASE_FILE).await.map_err(|e| store_error(folder, e))? else {
         return Ok(None);
     };
     let unreadable = |reason: String| LeaseError::Unreadable { folder: folder.url().to_owned(), reason };
@@ -214,6 +215,10 @@ pub async fn read(folder: &Location) -> Result<Option<LeaseHolder>, LeaseError> 
         return Err(unreadable(format!("format {}, expected {LEASE_FORMAT}", holder.format)));
     }
     Ok(Some(holder))
+}
+
+fn store_error(folder: &Location, error: StoreError) -> LeaseError {
+    LeaseError::Store { folder: folder.url().to_owned(), error }
 }
 
 fn to_json(holder: &LeaseHolder) -> Vec<u8> {
