@@ -16,3 +16,4 @@ mod embedded;
 mod emr;
 mod fidelity;
 mod pca;
+mod uploads;

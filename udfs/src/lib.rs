@@ -16,6 +16,7 @@ mod sink;
 mod store;
 mod table;
 mod udf;
+mod uploads;
 
 use std::sync::Arc;
 
