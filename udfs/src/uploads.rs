@@ -18,7 +18,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthori
 use object_store::client::{HttpClient, HttpConnector, HttpRequest, HttpRequestBody, ReqwestConnector};
 use object_store::multipart::MultipartStore;
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ClientOptions, CredentialProvider};
+use object_store::{ClientConfigKey, ClientOptions};
 use quick_xml::events::{BytesRef, Event};
 use url::Url;
 
