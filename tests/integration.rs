@@ -18,3 +18,4 @@ mod emr;
 mod fidelity;
 mod pca;
 mod safety;
+mod uploads;

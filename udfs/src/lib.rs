@@ -17,6 +17,7 @@ mod sink;
 mod store;
 mod table;
 mod udf;
+mod uploads;
 
 use std::sync::Arc;
 

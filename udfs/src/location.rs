@@ -41,6 +41,12 @@ pub enum StoreError {
     NoStore { location: String, error: DataFusionError },
     #[error("cannot {action} {url}: {error}")]
     Store { action: &'static str, url: String, error: object_store::Error },
+    #[error("cannot {action} {path}: {error}")]
+    Local { action: &'static str, path: String, error: std::io::Error },
+    /// A request object_store has no call for, sent by us; `status` is the HTTP status of the
+    /// answer, `None` when there was none (a network failure).
+    #[error("cannot {action} {url}: {reason}")]
+    Request { action: &'static str, url: String, status: Option<u16>, reason: String },
 }
 
 impl StoreError {
@@ -51,6 +57,9 @@ impl StoreError {
         match self {
             StoreError::Store { error, .. } => is_transient(error),
             StoreError::LocalFolder { .. } => true,
+            StoreError::Local { error, .. } => error.kind() != std::io::ErrorKind::PermissionDenied,
+            // No answer, throttling, or a server error; 501 says the server lacks the call.
+            StoreError::Request { status, .. } => matches!(status, None | Some(429 | 500 | 502..=599)),
             StoreError::InvalidLocation { .. } | StoreError::NoStore { .. } => false,
         }
     }
@@ -362,6 +371,22 @@ mod tests {
         // Wrapped in context on the way up, the kind is still found.
         let wrapped = DataFusionError::from(store_error(generic())).context("while reading the images");
         assert!(retryable(wrapped));
+    }
+
+    #[test]
+    fn our_own_requests_are_retried_when_the_server_may_answer_next_time() {
+        let request = |status| StoreError::Request {
+            action: "list the unfinished uploads under",
+            url: "s3://b/out/".into(),
+            status,
+            reason: "why".into(),
+        };
+        assert!(request(None).is_transient());
+        assert!(request(Some(503)).is_transient() && request(Some(429)).is_transient());
+        assert!(!request(Some(403)).is_transient() && !request(Some(501)).is_transient());
+        assert!(!request(Some(200)).is_transient());
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!StoreError::Local { action: "remove", path: "/x#1".into(), error: denied }.is_transient());
     }
 
     #[test]

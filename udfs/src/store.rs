@@ -13,9 +13,12 @@ use std::time::Duration;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::object_store::{DefaultObjectStoreRegistry, ObjectStoreRegistry};
 use datafusion::execution::runtime_env::{RuntimeEnv, RuntimeEnvBuilder};
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{BackoffConfig, ObjectStore, RetryConfig};
 use url::Url;
+
+use crate::location::{Location, StoreError};
+use crate::uploads::{self, S3UploadsEndpoint};
 
 /// Non-secret S3 settings. `None` leaves the setting to the `AWS_*` environment variables that
 /// object_store reads (`AWS_ENDPOINT_URL`, `AWS_REGION`, `AWS_ALLOW_HTTP`, ...).
@@ -40,6 +43,10 @@ impl S3Options {
 
     /// A store for `bucket`, with credentials from the environment or the instance role.
     pub fn build(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>> {
+        Ok(self.bucket(bucket)?.store)
+    }
+
+    fn bucket(&self, bucket: &str) -> Result<S3Bucket> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(bucket);
         if let Some(endpoint) = &self.endpoint {
             builder = builder.with_endpoint(endpoint);
@@ -58,11 +65,30 @@ impl S3Options {
             max_retries: 6,
             retry_timeout: self.retry_timeout.unwrap_or(Self::DEFAULT_RETRY_TIMEOUT),
         };
-        let store = builder
-            .with_retry(retry)
-            .build()
-            .map_err(|e| DataFusionError::Configuration(format!("cannot configure S3 for bucket {bucket}: {e}")))?;
-        Ok(Arc::new(store))
+        S3Bucket::build(builder.with_retry(retry))
+    }
+}
+
+/// One bucket's store, as DataFusion is handed it and as the upload clean-up needs it.
+#[derive(Debug, Clone)]
+struct S3Bucket {
+    store: Arc<dyn ObjectStore>,
+    /// The same store, for the calls the `ObjectStore` trait has no room for (aborting an upload
+    /// by its id).
+    s3: Arc<AmazonS3>,
+    /// Where its unfinished uploads are listed.
+    uploads: S3UploadsEndpoint,
+}
+
+impl S3Bucket {
+    fn build(builder: AmazonS3Builder) -> Result<Self> {
+        let configuration_error = |e: String| {
+            let bucket = builder.get_config_value(&AmazonS3ConfigKey::Bucket).unwrap_or_default();
+            DataFusionError::Configuration(format!("cannot configure S3 for bucket {bucket}: {e}"))
+        };
+        let s3 = Arc::new(builder.clone().build().map_err(|e| configuration_error(e.to_string()))?);
+        let uploads = S3UploadsEndpoint::from_builder(&builder).map_err(configuration_error)?;
+        Ok(Self { store: Arc::clone(&s3) as _, s3, uploads })
     }
 }
 
@@ -71,7 +97,7 @@ impl S3Options {
 #[derive(Debug)]
 pub struct ObjectStores {
     s3: S3Options,
-    buckets: RwLock<HashMap<String, Arc<dyn ObjectStore>>>,
+    buckets: RwLock<HashMap<String, S3Bucket>>,
     fallback: DefaultObjectStoreRegistry,
 }
 
@@ -86,9 +112,103 @@ impl ObjectStores {
         Ok(Arc::new(RuntimeEnvBuilder::new().with_object_store_registry(registry).build()?))
     }
 
+    /// Uses `builder`, as it is, for its bucket from now on, rather than a store built from
+    /// [`S3Options`] and the environment: an embedded engine with credentials of its own, a test
+    /// against a throwaway server. Replaces the bucket's store if it had one.
+    pub fn register_s3_bucket(&self, builder: AmazonS3Builder) -> Result<Arc<dyn ObjectStore>> {
+        let bucket_name = builder.get_config_value(&AmazonS3ConfigKey::Bucket);
+        let Some(name) = bucket_name.filter(|name| !name.is_empty()) else {
+            return Err(DataFusionError::Configuration("an S3 store needs a bucket name".into()));
+        };
+        let bucket = S3Bucket::build(builder)?;
+        let store = Arc::clone(&bucket.store);
+        self.buckets.write().map_err(poisoned)?.insert(name, bucket);
+        Ok(store)
+    }
+
+    /// Aborts the unfinished uploads under `folder`, at any depth, whose object, named relative
+    /// to the folder (`part-3.parquet`, `sub/x.bin`), is `owned`; returns the URLs of those
+    /// objects, one per upload aborted. Attempts that were killed while they streamed a file
+    /// leave such uploads, which nothing else would remove; `owned` keeps the clean-up to the
+    /// files the caller writes, in a folder that others may be writing to.
+    ///
+    /// - `s3://bucket/prefix/`: lists the bucket's multipart uploads under the prefix
+    ///   (ListMultipartUploads) and aborts those. The listing is not retried: a failure says
+    ///   whether a retry may help ([`StoreError::is_transient`]), and a refusal (403) or a server
+    ///   without the call (501) is an error that names it.
+    /// - `file:///dir/`: removes the files in which object_store's local store stages an upload
+    ///   to `name` (`name#<n>`), which its listings hide.
+    /// - Any other store, or an S3 bucket whose store was registered through
+    ///   [`ObjectStoreRegistry::register_store`] (so of a configuration this registry does not
+    ///   know): nothing to do.
+    ///
+    /// The S3 requests go through this registry's store for the bucket, whatever store `folder`
+    /// was made with. Run it only while no attempt that may still be writing is alive: an upload
+    /// in progress looks the same as one whose writer was killed.
+    pub async fn abort_incomplete_uploads(
+        &self,
+        folder: &Location,
+        owned: impl Fn(&str) -> bool + Sync,
+    ) -> Result<Vec<String>, StoreError> {
+        match self.uploads_store(folder)? {
+            UploadsStore::S3(bucket) => uploads::s3_abort(&bucket.uploads, &bucket.s3, folder, &owned).await,
+            UploadsStore::Local => uploads::local_abort(folder, &owned).await,
+            UploadsStore::Other => Ok(Vec::new()),
+        }
+    }
+
+    /// The names, relative to `folder`, of the objects with an unfinished upload under it, at
+    /// any depth, once per upload: what [`Self::abort_incomplete_uploads`] would look at.
+    pub async fn incomplete_uploads(&self, folder: &Location) -> Result<Vec<String>, StoreError> {
+        match self.uploads_store(folder)? {
+            UploadsStore::S3(bucket) => uploads::s3_incomplete(&bucket.uploads, &bucket.s3, folder).await,
+            UploadsStore::Local => uploads::local_incomplete(folder).await,
+            UploadsStore::Other => Ok(Vec::new()),
+        }
+    }
+
+    fn uploads_store(&self, folder: &Location) -> Result<UploadsStore, StoreError> {
+        let url = Url::parse(folder.url())
+            .map_err(|e| StoreError::InvalidLocation { location: folder.url().to_owned(), reason: e.to_string() })?;
+        if url.scheme() == "file" {
+            return Ok(UploadsStore::Local);
+        }
+        let Some(bucket) = Self::s3_bucket(&url) else {
+            return Ok(UploadsStore::Other);
+        };
+        if self.fallback.get_store(&url).is_ok() {
+            return Ok(UploadsStore::Other);
+        }
+        let bucket = self
+            .s3_bucket_store(bucket)
+            .map_err(|error| StoreError::NoStore { location: folder.url().to_owned(), error })?;
+        Ok(UploadsStore::S3(bucket))
+    }
+
+    /// The store of `bucket`, built the first time it is asked for.
+    fn s3_bucket_store(&self, bucket: &str) -> Result<S3Bucket> {
+        if let Some(store) = self.buckets.read().map_err(poisoned)?.get(bucket) {
+            return Ok(store.clone());
+        }
+        let mut buckets = self.buckets.write().map_err(poisoned)?;
+        if let Some(store) = buckets.get(bucket) {
+            return Ok(store.clone());
+        }
+        let store = self.s3.bucket(bucket)?;
+        buckets.insert(bucket.to_owned(), store.clone());
+        Ok(store)
+    }
+
     fn s3_bucket(url: &Url) -> Option<&str> {
         matches!(url.scheme(), "s3" | "s3a").then(|| url.host_str()).flatten()
     }
+}
+
+/// Which kind of clean-up a folder's store needs.
+enum UploadsStore {
+    S3(S3Bucket),
+    Local,
+    Other,
 }
 
 impl ObjectStoreRegistry for ObjectStores {
@@ -103,16 +223,7 @@ impl ObjectStoreRegistry for ObjectStores {
         if let Ok(store) = self.fallback.get_store(url) {
             return Ok(store);
         }
-        if let Some(store) = self.buckets.read().map_err(poisoned)?.get(bucket) {
-            return Ok(Arc::clone(store));
-        }
-        let mut buckets = self.buckets.write().map_err(poisoned)?;
-        if let Some(store) = buckets.get(bucket) {
-            return Ok(Arc::clone(store));
-        }
-        let store = self.s3.build(bucket)?;
-        buckets.insert(bucket.to_owned(), Arc::clone(&store));
-        Ok(store)
+        Ok(self.s3_bucket_store(bucket)?.store)
     }
 }
 
