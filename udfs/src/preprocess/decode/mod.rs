@@ -1,18 +1,24 @@
-//! Decoding JPEG and PNG bytes to 8-bit RGB.
+//! Decoding JPEG and PNG bytes to 8-bit RGB, pixel for pixel the way the reference pipeline's
+//! `Image.open(f).convert("RGB")` (Pillow) does.
 //!
 //! JPEG goes through libjpeg (the mozjpeg build of libjpeg-turbo, compiled from source by the
 //! `mozjpeg-sys` crate): it is the decoder Pillow uses, and a different decoder (zune-jpeg in
 //! the `image` crate) moves pixels by up to 20 levels, enough to pull the feature cosine
-//! against the Pillow-based reference down to 0.998. PNG goes through the `image` crate.
+//! against the Pillow-based reference down to 0.998. PNG goes through the `png` crate, whose
+//! samples are then narrowed to 8 bits with Pillow's rules, not the usual rounding ones.
 //!
-//! Decoding never panics and never aborts: every failure is a [`DecodeError`] that says why, so
-//! the caller can report the file and carry on with the others.
+//! Decoding never panics, never aborts and never allocates without bound: every failure is a
+//! [`DecodeError`] that says why, so the caller can report the file and carry on with the
+//! others, and every decoder call runs under `catch_unwind`, so that a bug a crafted file finds
+//! in a decoder costs that file only.
 
-use std::ffi::c_int;
-use std::io::Cursor;
-use std::panic::{AssertUnwindSafe, catch_unwind, resume_unwind};
+mod jpeg;
+mod png;
 
-use mozjpeg_sys as jpeg;
+#[cfg(test)]
+mod fuzz;
+
+use std::any::Any;
 
 /// A decoded image: `width * height` pixels, 3 bytes each, rows top to bottom.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,17 +36,31 @@ impl RgbImage {
 }
 
 /// Guards against decompression bombs: a few kilobytes of JPEG or PNG can declare an image of
-/// gigapixels. The header is checked before any pixel buffer is allocated.
+/// gigapixels, and a progressive JPEG makes libjpeg hold every DCT coefficient of the image at
+/// once. The header is checked before any pixel buffer is allocated, and the decoders' own
+/// allocations are counted against [`Self::max_memory`] as they happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecodeLimits {
     /// Largest accepted `width * height`.
     pub max_pixels: u64,
+    /// Most bytes the decoding of one image may take: the decoded RGB pixels plus the
+    /// decoder's working memory (libjpeg's coefficient buffers and rows, the PNG decoder's
+    /// frame, rows and inflate state).
+    pub max_memory: u64,
+}
+
+impl DecodeLimits {
+    /// 64 megapixels: above any phone camera, far below what would exhaust an executor.
+    pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
+    /// 1 GiB: room for the costliest image under the default pixel limit, a progressive
+    /// four-channel JPEG without subsampling (3 bytes of RGB and 8 bytes of coefficients per
+    /// pixel, 704 MiB at 64 megapixels), with a margin for libjpeg's rows and tables.
+    pub const DEFAULT_MAX_MEMORY: u64 = 1024 * 1024 * 1024;
 }
 
 impl Default for DecodeLimits {
-    /// 64 megapixels: above any phone camera, far below what would exhaust an executor.
     fn default() -> Self {
-        Self { max_pixels: 64 * 1024 * 1024 }
+        Self { max_pixels: Self::DEFAULT_MAX_PIXELS, max_memory: Self::DEFAULT_MAX_MEMORY }
     }
 }
 
@@ -54,10 +74,15 @@ pub enum DecodeError {
     UnknownFormat(String),
     #[error("image of {width}x{height} pixels is above the limit of {limit} pixels")]
     TooLarge { width: u64, height: u64, limit: u64 },
+    #[error("decoding this {format} needs more than the limit of {limit} bytes of memory")]
+    OutOfMemory { format: &'static str, limit: u64 },
     #[error("truncated {0}: the data ends before the image does")]
     Truncated(&'static str),
     #[error("corrupt {format}: {message}")]
     Corrupt { format: &'static str, message: String },
+    /// A decoder panicked on this file: a bug in the decoder, contained to the one image.
+    #[error("the {format} decoder failed on this file: {message}")]
+    DecoderPanic { format: &'static str, message: String },
 }
 
 /// Decodes JPEG or PNG `bytes` (recognised by their signature, not by the file name) to RGB.
@@ -66,9 +91,9 @@ pub fn decode_rgb(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Decod
         return Err(DecodeError::Empty);
     }
     if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
-        decode_jpeg(bytes, limits)
+        jpeg::decode(bytes, limits)
     } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
-        decode_png(bytes, limits)
+        png::decode(bytes, limits)
     } else {
         Err(DecodeError::UnknownFormat(describe_start(bytes)))
     }
@@ -95,129 +120,67 @@ fn check_size(width: u64, height: u64, limits: &DecodeLimits) -> Result<(), Deco
     Ok(())
 }
 
-/// How libjpeg gave up, carried through the unwind started in its callbacks.
-enum JpegFailure {
-    Fatal(String),
-    Truncated,
+/// A zeroed buffer of `len` bytes, or `OutOfMemory` when the allocator refuses it, rather than
+/// the abort a plain `vec!` would end in.
+fn zeroed_buffer(len: usize, format: &'static str, limits: &DecodeLimits) -> Result<Vec<u8>, DecodeError> {
+    let mut buffer = Vec::new();
+    buffer.try_reserve_exact(len).map_err(|_| DecodeError::OutOfMemory { format, limit: limits.max_memory })?;
+    buffer.resize(len, 0);
+    Ok(buffer)
 }
 
-fn decode_jpeg(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    // libjpeg reports errors through callbacks that must not return; ours unwind, and the
-    // unwind is caught here. `resume_unwind` skips the panic hook, so nothing is printed.
-    let result = catch_unwind(AssertUnwindSafe(|| -> Result<RgbImage, DecodeError> {
-        let io_error = |e: std::io::Error| DecodeError::Corrupt { format: "JPEG", message: e.to_string() };
-        let header = mozjpeg::Decompress::with_err(error_manager()).from_mem(bytes).map_err(io_error)?;
-        let (width, height) = header.size();
-        check_size(width as u64, height as u64, limits)?;
-        let mut started = header.rgb().map_err(io_error)?;
-        let pixels: Vec<u8> = started.read_scanlines().map_err(io_error)?;
-        started.finish().map_err(io_error)?;
-        if pixels.len() != width * height * 3 {
-            return Err(DecodeError::Truncated("JPEG"));
-        }
-        Ok(RgbImage::new(width as u32, height as u32, pixels))
-    }));
-    match result {
-        Ok(decoded) => decoded,
-        Err(payload) => match payload.downcast::<JpegFailure>() {
-            Ok(failure) => Err(match *failure {
-                JpegFailure::Truncated => DecodeError::Truncated("JPEG"),
-                JpegFailure::Fatal(message) => DecodeError::Corrupt { format: "JPEG", message },
-            }),
-            // A panic that is not ours is a bug: let it go on.
-            Err(other) => resume_unwind(other),
-        },
+/// The text of a panic payload, for [`DecodeError::DecoderPanic`].
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "panic without a message".to_owned()
     }
-}
-
-/// libjpeg's standard error manager with two changes: fatal errors unwind instead of calling
-/// `exit()`, and the "premature end of data" warning is fatal. libjpeg would otherwise pad a
-/// truncated file with grey and call it a success, and the features of half a photo would
-/// silently enter the data set (Pillow refuses such files too).
-fn error_manager() -> jpeg::jpeg_error_mgr {
-    // SAFETY: jpeg_error_mgr is a plain C struct of integers and nullable function pointers, for
-    // which all-zero is valid; jpeg_std_error then fills in every field.
-    let mut manager: jpeg::jpeg_error_mgr = unsafe { std::mem::zeroed() };
-    unsafe { jpeg::jpeg_std_error(&mut manager) };
-    manager.error_exit = Some(on_fatal_error);
-    manager.emit_message = Some(on_message);
-    manager
-}
-
-unsafe extern "C-unwind" fn on_fatal_error(cinfo: &mut jpeg::jpeg_common_struct) {
-    let message = format_message(cinfo);
-    resume_unwind(Box::new(JpegFailure::Fatal(message)));
-}
-
-unsafe extern "C-unwind" fn on_message(cinfo: &mut jpeg::jpeg_common_struct, level: c_int) {
-    // SAFETY: libjpeg calls this with the error manager installed above.
-    let code = unsafe { (*cinfo.err).msg_code };
-    if level < 0 && code == jpeg::JWRN_JPEG_EOF as c_int {
-        resume_unwind(Box::new(JpegFailure::Truncated));
-    }
-}
-
-fn format_message(cinfo: &mut jpeg::jpeg_common_struct) -> String {
-    // SAFETY: `err` points at our error manager; libjpeg's format_message writes at most
-    // JMSG_LENGTH_MAX (80) bytes, NUL-terminated, into the buffer it is given. The binding
-    // declares the buffer `&[u8; 80]` although C writes to it, hence the cast to a mutable one.
-    unsafe {
-        let err = &*cinfo.err;
-        let Some(format) = err.format_message else {
-            return format!("libjpeg error {}", err.msg_code);
-        };
-        let mut buffer = [0u8; 80];
-        type Writer = unsafe extern "C-unwind" fn(&mut jpeg::jpeg_common_struct, &mut [u8; 80]);
-        let format: Writer = std::mem::transmute(format);
-        format(cinfo, &mut buffer);
-        let end = buffer.iter().position(|&b| b == 0).unwrap_or(buffer.len());
-        String::from_utf8_lossy(&buffer[..end]).into_owned()
-    }
-}
-
-fn decode_png(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, DecodeError> {
-    let reader = || {
-        let mut reader = image::ImageReader::with_format(Cursor::new(bytes), image::ImageFormat::Png);
-        let mut image_limits = image::Limits::default();
-        // Room for the decoded image in its widest pixel format (16-bit RGBA) and nothing more.
-        image_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8));
-        reader.limits(image_limits);
-        reader
-    };
-    let error = |e: image::ImageError| match e {
-        image::ImageError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            DecodeError::Truncated("PNG")
-        }
-        other => DecodeError::Corrupt { format: "PNG", message: other.to_string() },
-    };
-    let (width, height) = reader().into_dimensions().map_err(error)?;
-    check_size(width as u64, height as u64, limits)?;
-    let decoded = reader().decode().map_err(error)?;
-    // Like Pillow's convert("RGB"): alpha is dropped, not composited.
-    let rgb = decoded.into_rgb8();
-    Ok(RgbImage::new(rgb.width(), rgb.height(), rgb.into_raw()))
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::PathBuf;
+
     use super::*;
 
-    /// A 16x8 JPEG made by libjpeg itself, so the test does not depend on files on disk.
-    fn encode_jpeg(width: usize, height: usize) -> Vec<u8> {
-        let mut compress = mozjpeg::Compress::new(mozjpeg::ColorSpace::JCS_RGB);
+    /// A JPEG made by libjpeg itself, so the test does not depend on files on disk.
+    pub(super) fn encode_jpeg(width: usize, height: usize) -> Vec<u8> {
+        let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i * 7 % 256) as u8).collect();
+        encode_jpeg_from(mozjpeg::ColorSpace::JCS_RGB, width, height, &pixels, |_| {})
+    }
+
+    /// `pixels` in `color_space` as a JPEG, after `configure` had its say on the compressor.
+    pub(super) fn encode_jpeg_from(
+        color_space: mozjpeg::ColorSpace,
+        width: usize,
+        height: usize,
+        pixels: &[u8],
+        configure: impl FnOnce(&mut mozjpeg::Compress),
+    ) -> Vec<u8> {
+        let mut compress = mozjpeg::Compress::new(color_space);
         compress.set_size(width, height);
         compress.set_quality(95.0);
+        configure(&mut compress);
         let mut started = compress.start_compress(Vec::new()).expect("start");
-        let pixels: Vec<u8> = (0..width * height * 3).map(|i| (i * 7 % 256) as u8).collect();
-        started.write_scanlines(&pixels).expect("write");
+        started.write_scanlines(pixels).expect("write");
         started.finish().expect("finish")
     }
 
+    /// An 8-bit RGBA PNG: red rises along x, green along y, alpha half.
     fn encode_png(width: u32, height: u32) -> Vec<u8> {
-        let image = image::RgbaImage::from_fn(width, height, |x, y| image::Rgba([x as u8 * 10, y as u8 * 20, 7, 128]));
-        let mut out = Cursor::new(Vec::new());
-        image.write_to(&mut out, image::ImageFormat::Png).expect("png");
-        out.into_inner()
+        let rows: Vec<Vec<u8>> =
+            (0..height).map(|y| (0..width).flat_map(|x| [x as u8 * 10, y as u8 * 20, 7, 128]).collect()).collect();
+        let rows: Vec<&[u8]> = rows.iter().map(Vec::as_slice).collect();
+        super::png::tests::encode(width, height, 8, 6, &rows, &[])
+    }
+
+    /// The decoder corpus committed under `tests/fixtures/decode`.
+    pub(super) fn fixture(name: &str) -> Vec<u8> {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/decode").join(name);
+        std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 
     #[test]
@@ -275,11 +238,11 @@ mod tests {
 
     #[test]
     fn oversized_images_are_refused_before_decoding() {
-        let limits = DecodeLimits { max_pixels: 100 };
+        let limits = DecodeLimits { max_pixels: 100, ..DecodeLimits::default() };
         let err = decode_rgb(&encode_jpeg(16, 8), &limits).unwrap_err();
         assert_eq!(err, DecodeError::TooLarge { width: 16, height: 8, limit: 100 });
         let err = decode_rgb(&encode_png(20, 20), &limits).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { .. }), "{err:?}");
+        assert_eq!(err, DecodeError::TooLarge { width: 20, height: 20, limit: 100 });
     }
 
     #[test]
@@ -287,5 +250,23 @@ mod tests {
         let png = encode_png(32, 32);
         let err = decode_rgb(&png[..png.len() / 2], &DecodeLimits::default()).unwrap_err();
         assert!(matches!(err, DecodeError::Truncated("PNG") | DecodeError::Corrupt { format: "PNG", .. }), "{err:?}");
+    }
+
+    /// A phone-sized photo (24 megapixels) decodes under the default limits, and a memory limit
+    /// below its pixels refuses it without decoding.
+    #[test]
+    fn large_valid_image_decodes_and_obeys_the_memory_limit() {
+        let (width, height) = (6000, 4000);
+        let pixels: Vec<u8> =
+            (0..width * height).flat_map(|i| [(i % width * 255 / width) as u8, (i / width * 255 / height) as u8, 90]).collect();
+        let jpeg = encode_jpeg_from(mozjpeg::ColorSpace::JCS_RGB, width, height, &pixels, |c| c.set_fastest_defaults());
+        let image = decode_rgb(&jpeg, &DecodeLimits::default()).expect("decode");
+        assert_eq!((image.width, image.height), (6000, 4000));
+        // Smooth gradients survive JPEG coding within a few levels.
+        let worst = image.pixels.iter().zip(&pixels).map(|(a, b)| a.abs_diff(*b)).max();
+        assert!(worst.is_some_and(|w| w <= 12), "largest pixel error {worst:?}");
+
+        let limits = DecodeLimits { max_memory: 64 * 1024 * 1024, ..DecodeLimits::default() };
+        assert_eq!(decode_rgb(&jpeg, &limits), Err(DecodeError::OutOfMemory { format: "JPEG", limit: 64 << 20 }));
     }
 }
