@@ -119,6 +119,59 @@ fn bad_files_give_null_features_and_a_report_and_lose_nothing_else() {
     assert!(stdout.contains("truncated.jpg: truncated JPEG"), "{stdout}");
 }
 
+/// Four-channel JPEGs, 16-bit, palette and grey-alpha PNGs featurize like the reference, and
+/// the decode limits are flags (and environment variables) of the job: images above them fail
+/// with the reason and the others go on.
+#[test]
+fn other_formats_featurize_and_decode_limits_are_flags() {
+    let input = tempfile::tempdir().expect("temp dir");
+    let formats = input.path().join("Formats");
+    std::fs::create_dir_all(&formats).expect("mkdir");
+    let reference = Reference::load();
+    for fixture in &reference.decode_fixtures {
+        std::fs::copy(decode_fixtures_dir().join(&fixture.file), formats.join(&fixture.file)).expect("copy");
+    }
+    let count = reference.decode_fixtures.len();
+
+    let out = tempfile::tempdir().expect("temp dir");
+    assert_success(&run_job(input.path(), out.path(), &[]));
+    let summary = read_summary(out.path());
+    assert_eq!((summary.rows_in, summary.featurized), (count as u64, count as u64), "{:?}", summary.failed);
+    let rows: BTreeMap<String, FeatureRow> = read_committed(&out.path().join("features"))
+        .rows
+        .into_iter()
+        .map(|r| (r.path.rsplit('/').next().unwrap_or_default().to_owned(), r))
+        .collect();
+    for fixture in &reference.decode_fixtures {
+        let features = rows[&fixture.file].features.as_ref().unwrap_or_else(|| panic!("{} has no features", fixture.file));
+        let similarity = cosine(features, &fixture.features);
+        assert!(similarity >= 0.999, "{}: cosine {similarity}", fixture.file);
+    }
+
+    // 100x100 images under a limit of 9,999 pixels; 30,000 bytes of RGB under 29,999 bytes. With
+    // every image failed there is nothing for the PCA stage to fit.
+    for (flag, env, limit, error) in [
+        ("--max-image-pixels", "FRUITS_MAX_IMAGE_PIXELS", "9999", "image of 100x100 pixels is above the limit of 9999 pixels"),
+        ("--max-decode-memory", "FRUITS_MAX_DECODE_MEMORY", "29999", "needs more than the limit of 29999 bytes of memory"),
+    ] {
+        let out = tempfile::tempdir().expect("temp dir");
+        assert_success(&run_job(input.path(), out.path(), &[flag, limit, "--no-pca"]));
+        let summary = read_summary(out.path());
+        assert_eq!((summary.featurized, summary.failed.len()), (0, count), "{flag}");
+        assert!(summary.failed.iter().all(|f| f.error.contains(error)), "{flag}: {:?}", summary.failed);
+
+        let out = tempfile::tempdir().expect("temp dir");
+        let (input, output, model) = (input.path().display().to_string(), out.path().display().to_string(), model());
+        let status = std::process::Command::new(binary("fruits"))
+            .args(["run", "--input", &input, "--output", &output, "--model", &model, "--no-pca"])
+            .env(env, limit)
+            .output()
+            .expect("cannot start fruits");
+        assert_success(&status);
+        assert_eq!(read_summary(out.path()).featurized, 0, "{env}");
+    }
+}
+
 #[test]
 fn errors_name_the_problem_and_exit_non_zero() {
     let out = tempfile::tempdir().expect("temp dir");

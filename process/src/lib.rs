@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
-use fruits_udfs::{InputSpec, Layout, ModelConfig, ORT_LIBRARY_ENV, S3Options, Scaling};
+use fruits_udfs::{DecodeLimits, InputSpec, Layout, ModelConfig, ORT_LIBRARY_ENV, S3Options, Scaling};
 
 /// The embedding model and how to feed it.
 #[derive(Debug, Clone, Args)]
@@ -44,6 +44,18 @@ pub struct ModelArgs {
     /// Most images per inference call.
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_size: u64,
+
+    /// Largest image accepted, in pixels (width x height); a larger one fails with its reason,
+    /// before any of it is decoded.
+    #[arg(long, env = "FRUITS_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_image_pixels: u64,
+
+    /// Most memory the decoding of one image may take, in bytes: its pixels and the decoder's
+    /// buffers (a progressive JPEG holds all its coefficients). Each task decodes one image at a time.
+    #[arg(long, env = "FRUITS_MAX_DECODE_MEMORY", default_value_t = DecodeLimits::DEFAULT_MAX_MEMORY,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_decode_memory: u64,
 }
 
 impl ModelArgs {
@@ -61,6 +73,7 @@ impl ModelArgs {
             scaling: self.model_scaling,
         };
         config.max_batch = self.batch_size as usize;
+        config.limits = DecodeLimits { max_pixels: self.max_image_pixels, max_memory: self.max_decode_memory };
         Some(config)
     }
 }

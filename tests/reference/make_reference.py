@@ -7,6 +7,10 @@ The original PySpark job ran Keras MobileNetV2 on images opened with Pillow and 
 weights through onnxruntime. The output is a fixture the Rust tests compare against; it is
 made once by a developer, never in CI.
 
+Besides the sample images, the decoder corpus in tests/fixtures/decode (four-channel JPEGs,
+16-bit, palette and grey-alpha PNGs, made by make_decode_fixtures.py) gets the same treatment,
+under "decode_fixtures".
+
 Usage: make_reference.py DATA_DIR MODEL OUT_JSON [PER_CLASS]
 Needs: pip install onnxruntime==1.31.1 pillow numpy
 """
@@ -31,6 +35,19 @@ def preprocess(path):
     return array / 127.5 - 1.0, digests
 
 
+DECODE_FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "fixtures", "decode")
+
+
+def reference_entry(session, path):
+    tensor, (decoded_sha256, resized_sha256) = preprocess(path)
+    features = session.run(["features"], {"input": tensor[None, ...]})[0][0]
+    return {
+        "decoded_sha256": decoded_sha256,
+        "resized_sha256": resized_sha256,
+        "features": [float(f"{v:.7g}") for v in features],
+    }
+
+
 def main():
     data_dir, model_path, out_path = sys.argv[1:4]
     per_class = int(sys.argv[4]) if len(sys.argv) > 4 else 3
@@ -45,15 +62,12 @@ def main():
             continue
         names = sorted(n for n in os.listdir(folder) if n.lower().endswith((".jpg", ".jpeg", ".png")))
         for name in names[:per_class]:
-            tensor, (decoded_sha256, resized_sha256) = preprocess(os.path.join(folder, name))
-            features = session.run(["features"], {"input": tensor[None, ...]})[0][0]
-            images.append({
-                "path": f"{label}/{name}",
-                "label": label,
-                "decoded_sha256": decoded_sha256,
-                "resized_sha256": resized_sha256,
-                "features": [float(f"{v:.7g}") for v in features],
-            })
+            entry = reference_entry(session, os.path.join(folder, name))
+            images.append({"path": f"{label}/{name}", "label": label, **entry})
+    decode_fixtures = [
+        {"file": name, **reference_entry(session, os.path.join(DECODE_FIXTURES, name))}
+        for name in sorted(os.listdir(DECODE_FIXTURES))
+    ]
 
     with open(model_path, "rb") as f:
         model_sha256 = hashlib.sha256(f.read()).hexdigest()
@@ -64,11 +78,12 @@ def main():
         "onnxruntime": onnxruntime.__version__,
         "pillow": PIL.__version__,
         "images": images,
+        "decode_fixtures": decode_fixtures,
     }
     with open(out_path, "w") as f:
         json.dump(fixture, f, separators=(",", ":"))
         f.write("\n")
-    print(f"{len(images)} reference vectors -> {out_path}")
+    print(f"{len(images)} + {len(decode_fixtures)} reference vectors -> {out_path}")
 
 
 if __name__ == "__main__":

@@ -217,6 +217,23 @@ pub fn cosine(a: &[f32], b: &[f32]) -> f64 {
 pub struct Reference {
     pub model_sha256: String,
     pub images: Vec<ReferenceImage>,
+    /// The decoder corpus in `tests/fixtures/decode`.
+    pub decode_fixtures: Vec<ReferenceFixture>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct ReferenceFixture {
+    /// File name in [`decode_fixtures_dir`].
+    pub file: String,
+    pub decoded_sha256: String,
+    pub resized_sha256: String,
+    pub features: Vec<f32>,
+}
+
+/// Images in the formats the sample lacks (four-channel JPEGs, 16-bit, palette and grey-alpha
+/// PNGs, grey JPEG), made by `tests/reference/make_decode_fixtures.py`.
+pub fn decode_fixtures_dir() -> PathBuf {
+    repo_root().join("tests/fixtures/decode")
 }
 
 #[derive(Debug, Deserialize)]
