@@ -23,7 +23,10 @@ build: setup
 run: build
 	$(CARGO) run --release --quiet --bin fruits -- run --input "$(INPUT)" --output "$(OUTPUT)" --model "$(MODEL)"
 
-test: build setup-s3
+# One build of every target: `--bins` alone resolves other dependency features than the tests,
+# which would build DataFusion a second time.
+test: setup setup-s3
+	$(CARGO) build --release --workspace --all-targets
 	$(CARGO) test --release --workspace
 
 bench: build

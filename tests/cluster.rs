@@ -239,7 +239,7 @@ fn cluster_errors_are_clear_and_commit_nothing() {
             "missing output bucket",
             cluster.scheduler_url(),
             input.clone(),
-            "cannot write in s3://no-such-output/out/".into(),
+            "cannot take the lease on s3://no-such-output/out/".into(),
         ),
     ];
     for (case, scheduler, input, expected) in cases {
@@ -259,5 +259,7 @@ fn cluster_errors_are_clear_and_commit_nothing() {
     let result = run_on(&garage, &cluster, &input, &output);
     let stderr = String::from_utf8_lossy(&result.stderr);
     assert_eq!(result.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains(&format!("cannot list the images under {input}")), "{stderr}");
+    // The first request is for the output's lease.
+    let expected = format!("cannot take the lease on {}/", output.trim_end_matches('/'));
+    assert!(stderr.contains(&expected) && stderr.contains("error sending request"), "{stderr}");
 }

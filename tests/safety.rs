@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use fruits_udfs::{LEASE_FILE, Lease, LeaseError, Location, PartFile};
+use fruits_udfs::{LEASE_FILE, Lease, LeaseError, Location, ObjectStores, PartFile, S3Options};
+use object_store::{ClientOptions, MultipartUpload, ObjectStoreExt};
 
 use crate::embedded::run_job;
 use crate::support::garage::Garage;
@@ -303,16 +304,34 @@ fn on_s3_awkward_keys_are_read_user_objects_kept_and_the_lease_is_exclusive() {
     block_on(async {
         let store = account.store(&bucket);
         let key = object_store::path::Path::parse("out/features/readme.txt").expect("key");
-        object_store::ObjectStoreExt::put(&store, &key, object_store::PutPayload::from_static(b"mine")).await.expect("put")
+        store.put(&key, object_store::PutPayload::from_static(b"mine")).await.expect("put")
     });
 
     let (input, output) = (format!("s3://{bucket}/photos/"), format!("s3://{bucket}/out/"));
     let model = model_path().display().to_string();
     let mut command = Command::new(binary("fruits"));
     garage.configure(&mut command).args(["run", "--no-pca", "--input", &input, "--output", &output, "--model", &model]);
-    for _ in 0..2 {
-        assert_success(&command.output().expect("fruits run"));
-    }
+    assert_success(&command.output().expect("fruits run"));
+    // What killed attempts leave on S3: unfinished multipart uploads, of a fruits part file and
+    // of a user's object. The next run aborts the first only.
+    let stores = ObjectStores::new(S3Options::default());
+    stores.register_s3_bucket(account.builder(&bucket, ClientOptions::new())).expect("register the bucket");
+    let runtime = stores.runtime_env().expect("runtime");
+    let out = Location::parse(&output, &runtime).expect("output location");
+    block_on(async {
+        let store = account.store(&bucket);
+        for key in ["out/features/part-1700000000-abcdef-0123456789ab.parquet", "out/user/big.bin"] {
+            let mut upload = store.put_multipart(&object_store::path::Path::from(key)).await.expect("begin an upload");
+            upload.put_part(object_store::PutPayload::from(vec![7u8; 5 << 20])).await.expect("upload a part");
+            std::mem::forget(upload);
+        }
+        let mut pending = stores.incomplete_uploads(&out).await.expect("list the uploads");
+        pending.sort();
+        assert_eq!(pending, ["features/part-1700000000-abcdef-0123456789ab.parquet", "user/big.bin"]);
+    });
+    assert_success(&command.output().expect("fruits run"));
+    let pending = block_on(stores.incomplete_uploads(&out)).expect("list the uploads");
+    assert_eq!(pending, ["user/big.bin"], "the run aborts only its own kind of unfinished upload");
     let committed = read_committed_with(|name| objects.try_get(&format!("out/features/{name}")));
     assert_eq!(committed.rows.len(), 1 + AWKWARD_NAMES.len());
     assert_awkward_names_featurized(&committed.rows, &original);

@@ -32,6 +32,8 @@ pub enum Mode {
 pub struct Engine {
     pub ctx: SessionContext,
     pub mode: Mode,
+    /// The object stores of `ctx`, which also clean up unfinished uploads.
+    pub stores: Arc<ObjectStores>,
 }
 
 impl Engine {
@@ -63,7 +65,7 @@ impl Engine {
             .await
             .context("cannot start the embedded Ballista scheduler and executor")?;
         fruits_udfs::register(&ctx, &backend);
-        Ok(Self { ctx, mode: Mode::Embedded { featurizer, slots } })
+        Ok(Self { ctx, mode: Mode::Embedded { featurizer, slots }, stores })
     }
 
     /// Connects to the scheduler at `scheduler` (`df://HOST:PORT`).
@@ -90,7 +92,7 @@ impl Engine {
             .await
             .with_context(|| format!("cannot connect to the fruits scheduler at {scheduler}"))?;
         fruits_udfs::register(&ctx, &Backend::PlanningOnly);
-        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), address, secret } })
+        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), address, secret }, stores })
     }
 
     /// Registers the `images` table over `input`.

@@ -76,7 +76,7 @@ pub enum LeaseError {
     Lost { folder: String, run_id: String },
     #[error("{folder}{LEASE_FILE} is not a fruits lease ({reason}); delete it if no fruits run is writing there")]
     Unreadable { folder: String, reason: String },
-    #[error("cannot write in {folder}: {error}")]
+    #[error("cannot take the lease on {folder}: {error}")]
     Store { folder: String, error: StoreError },
 }
 

@@ -7,14 +7,15 @@
 //! 3. withdraw the views (`summary.json`, `pca.png`, `features.csv`) of the previous run, then
 //!    commit this run's manifest in one write, then write this run's views: a reader never
 //!    sees a view of one run beside the features of another;
-//! 4. delete what fruits wrote for earlier runs and failed attempts, and nothing else.
+//! 4. delete what fruits wrote for earlier runs and failed attempts (files, unfinished S3
+//!    multipart uploads, local staging files), and nothing else.
 //!
 //! Killed before step 3, the previous result is untouched; killed inside it, the previous
 //! result or this one is committed, with its views missing until the next run. Leftovers of a
 //! killed run are deleted by the next run that commits.
 
 use anyhow::{Context, Result, bail};
-use fruits_udfs::{FeaturesDir, Lease, Location, RunId};
+use fruits_udfs::{FeaturesDir, Lease, Location, PartFile, RunId};
 
 use crate::cli::RunArgs;
 use crate::engine::Engine;
@@ -89,8 +90,14 @@ async fn run_holding(
 
     let mut removed = features.remove_leftovers(lease).await?;
     removed.extend(pca_stage::remove_leftovers(output, run_id.as_str()).await?);
+    // This run's uploads are all complete: any unfinished one of fruits' names is a killed
+    // attempt's (of this run or an earlier one).
+    let owned = |name: &str| {
+        name == CSV_FILE || name.strip_prefix(FEATURES_DIR).is_some_and(|part| PartFile::parse(part).is_some())
+    };
+    removed.extend(engine.stores.abort_incomplete_uploads(output, owned).await?);
     if !removed.is_empty() {
-        log::info!("removed {} files of earlier runs and failed attempts: {}", removed.len(), removed.join(", "));
+        log::info!("removed {} leftovers of earlier runs and failed attempts: {}", removed.len(), removed.join(", "));
     }
     match pca_error {
         Some(e) => {
