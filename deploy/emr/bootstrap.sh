@@ -186,8 +186,8 @@ fetch() {
   fi
 }
 
-# Private (mode 700, as mktemp makes it): the secret passes through it.
-umask 077
+# Private (mode 700, as mktemp makes it): the secret passes through it. The umask stays as it
+# is: the installed programs must be readable and executable by the services' user.
 work="$(mktemp -d)"
 trap 'rm -rf "${work}"' EXIT
 
