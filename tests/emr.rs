@@ -151,6 +151,8 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
             "s3://fruits/deploy/x.tar.gz",
             "--model",
             "s3://fruits/deploy/m.onnx",
+            "--secret",
+            "s3://fruits/deploy/cluster.secret",
         ],
     );
     assert!(!refused.status.success());
