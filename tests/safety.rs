@@ -277,6 +277,9 @@ fn a_run_killed_at_any_point_leaves_the_previous_result_and_the_next_run_cleans_
         let before: Vec<&str> = runs.iter().map(String::as_str).collect();
         assert_consistent(out.path(), &before);
     }
+    // What a kill inside a local write leaves: object_store stages every write as `name#N`.
+    std::fs::write(features.join("_SUCCESS#7"), b"{").expect("write");
+    std::fs::write(out.path().join("summary.json#3"), b"{").expect("write");
     // The next run takes the dead run's lease at once (its process is gone) and leaves only its
     // own files.
     let output = run_job(input.path(), out.path(), &[]);
@@ -288,6 +291,7 @@ fn a_run_killed_at_any_point_leaves_the_previous_result_and_the_next_run_cleans_
     expected.sort();
     assert_eq!(tree(&features), expected);
     assert_eq!(tree(&out.path().join("pca")), [format!("part-{}.parquet", last.run_id)]);
+    assert!(!out.path().join("summary.json#3").exists(), "a staged view of a killed run is left");
     assert_eq!(read_committed(&features).rows.len(), 40);
 }
 

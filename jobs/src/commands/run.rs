@@ -15,7 +15,7 @@
 //! killed run are deleted by the next run that commits.
 
 use anyhow::{Context, Result, bail};
-use fruits_udfs::{FeaturesDir, Lease, Location, PartFile, RunId};
+use fruits_udfs::{FeaturesDir, Lease, Location, MANIFEST_FILE, PartFile, RunId};
 
 use crate::cli::RunArgs;
 use crate::engine::Engine;
@@ -90,10 +90,13 @@ async fn run_holding(
 
     let mut removed = features.remove_leftovers(lease).await?;
     removed.extend(pca_stage::remove_leftovers(output, run_id.as_str()).await?);
-    // This run's uploads are all complete: any unfinished one of fruits' names is a killed
-    // attempt's (of this run or an earlier one).
+    // This run's uploads are all complete and it holds the lease: any unfinished one of fruits'
+    // names (a part file, a manifest, a view; on a local disk each write is staged) is a killed
+    // run's.
     let owned = |name: &str| {
-        name == CSV_FILE || name.strip_prefix(FEATURES_DIR).is_some_and(|part| PartFile::parse(part).is_some())
+        [SUMMARY_FILE, PLOT_FILE, CSV_FILE].contains(&name)
+            || name.strip_prefix(FEATURES_DIR).is_some_and(|f| f == MANIFEST_FILE || PartFile::parse(f).is_some())
+            || name.strip_prefix("pca/part-").and_then(|f| f.strip_suffix(".parquet")).is_some_and(|r| RunId::parse(r).is_some())
     };
     removed.extend(engine.stores.abort_incomplete_uploads(output, owned).await?);
     if !removed.is_empty() {
