@@ -7,7 +7,7 @@ MODEL  ?= $(SHARED)/models/mobilenetv2_features.onnx
 OUTPUT ?= out
 CARGO  ?= cargo
 
-.PHONY: setup setup-s3 build run test bench bench-cluster bench-pca docker emr-package
+.PHONY: setup setup-s3 build run test bench bench-cluster bench-pca bench-incremental bench-scale docker emr-package
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -37,6 +37,13 @@ bench-cluster: build
 
 bench-pca: build
 	./scripts/bench-pca.sh "$(INPUT)" "$(MODEL)" 50000
+
+bench-incremental: build
+	./scripts/bench-incremental.sh "$(INPUT)" "$(MODEL)"
+
+# fruits at 10^5 and 10^6 images with a model that costs nothing (see the script).
+bench-scale: build
+	./scripts/bench-scale.sh "$(INPUT)"
 
 # Container images of the local Docker cluster (docker/), from the release binaries.
 docker: build setup-s3

@@ -183,7 +183,7 @@ fn a_killed_executor_loses_and_duplicates_nothing() {
     // Kill an executor as soon as the first task has committed its file: mid-job, with work
     // done, work running and work waiting.
     let started = Instant::now();
-    while !garage.list(&bucket, "out/features").iter().any(|(key, _)| key.ends_with(".parquet")) {
+    while !garage.list(&bucket, "out/features").iter().any(|(key, _)| key.starts_with("out/features/part-")) {
         assert!(started.elapsed() < Duration::from_secs(180), "no task finished\n{}", cluster.logs());
         assert!(job.try_wait().expect("job status").is_none(), "the job ended before any file was written");
         std::thread::sleep(Duration::from_millis(100));
@@ -211,6 +211,49 @@ fn a_killed_executor_loses_and_duplicates_nothing() {
     left.sort();
     expected.sort();
     assert_eq!(left, expected);
+
+    // An incremental run over 300 more images, losing an executor too: each new image once,
+    // every committed one kept, nothing else left behind.
+    let more = tempfile::tempdir().expect("temp dir");
+    for label in ["Banana", "Pear"] {
+        copy_sample_images(more.path(), label, 150);
+    }
+    garage.upload_dir(more.path(), &bucket, "Test/New");
+    let replacement = cluster.spawn_executor("executor-c", 1, &garage.env());
+    cluster.executors.push(replacement);
+    let kept: HashSet<String> = manifest.files.iter().map(|f| format!("out/features/{}", f.file)).collect();
+    let args = ["run", "--scheduler", &scheduler, "--input", &input, "--output", &output, "--files-per-partition", "20"];
+    let job = client(&garage, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start fruits");
+    let started = Instant::now();
+    let new_part = || {
+        garage.list(&bucket, "out/features").iter().any(|(key, _)| key.starts_with("out/features/part-") && !kept.contains(key))
+    };
+    while !new_part() {
+        assert!(started.elapsed() < Duration::from_secs(180), "no new file\n{}", cluster.logs());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    cluster.executors[1].kill();
+    let result = job.wait_with_output().expect("job output");
+    assert!(result.status.success(), "{}\n{}", String::from_utf8_lossy(&result.stderr), cluster.logs());
+    let summary = parse_summary(&garage.get(&bucket, "out/summary.json"));
+    let counts = summary.incremental.as_ref().map(|i| (i.new, i.changed, i.deleted, i.unchanged));
+    assert_eq!(counts, Some((300, 0, 0, images as u64)), "{summary:?}");
+    let Committed { manifest, rows } = read_committed_s3(&garage, "out");
+    let mut per_path: HashMap<&str, usize> = HashMap::new();
+    for row in &rows {
+        *per_path.entry(row.path.as_str()).or_default() += 1;
+        assert!(row.features.is_some(), "{}", row.path);
+    }
+    assert!(per_path.values().all(|&n| n == 1), "duplicated rows");
+    assert_eq!(per_path.len(), images + 300);
+    assert_eq!(rows.iter().filter(|r| r.path.contains("/Test/New/")).count(), 300);
+    let mut left: Vec<String> = garage.list(&bucket, "out/features").into_iter().map(|(key, _)| key).collect();
+    let mut expected: Vec<String> = manifest.files.iter().map(|f| format!("out/features/{}", f.file)).collect();
+    expected.push("out/features/_SUCCESS".to_owned());
+    left.sort();
+    expected.sort();
+    assert_eq!(left, expected);
+    assert!(kept.iter().all(|file| expected.contains(file)), "the committed files of the first run are kept");
 }
 
 #[test]

@@ -65,8 +65,9 @@ async fn physical_plan_round_trip_keeps_the_file_groups() {
     let before = displayable(plan.as_ref()).indent(true).to_string();
     let after = displayable(decoded.as_ref()).indent(true).to_string();
     assert_eq!(after, before);
-    // 4,835 files at most 100 per partition, rounded up to a multiple of 4 slots.
-    assert!(before.contains("DataSourceExec: file_groups={52 groups"), "{before}");
+    // The label filter prunes at planning: the 300 Mangostan files of 4,835, at most 100 per
+    // partition, rounded up to a multiple of 4 slots.
+    assert!(before.contains("DataSourceExec: file_groups={4 groups"), "{before}");
     assert!(before.contains("file_type=images"), "{before}");
 
     let expected = collect(plan, ctx.task_ctx()).await.expect("run original");
@@ -81,7 +82,10 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
     let url = format!("file://{}/features/", out.path().display());
     let run = RunId::new();
     let select = ctx
-        .sql("SELECT path, label, featurize_or_error(content) AS result FROM images WHERE label = 'Mangostan'")
+        .sql(
+            "SELECT path, label, size, modified, etag, featurize_or_error(content) AS result, model_fingerprint() AS model \
+             FROM images WHERE label = 'Mangostan'",
+        )
         .await
         .expect("sql")
         .into_unoptimized_plan();
@@ -106,6 +110,8 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
     let manifest = Manifest::from_reports(run.as_str(), &reports).expect("manifest");
     assert_eq!(manifest.files.len(), partitions);
     assert_eq!((manifest.rows, manifest.failed), (300, 0));
+    let model = manifest.model.clone().expect("the executors' model is recorded");
+    assert!(model.starts_with("sha256:") && model.contains("224x224"), "{model}");
     assert!(manifest.files.iter().all(|f| PartFile::parse(&f.file).is_some_and(|p| p.run == run)));
 
     let folder = FeaturesDir::new(Location::parse(&url, &ctx.runtime_env()).expect("features folder"));

@@ -16,6 +16,7 @@ mod compose;
 mod embedded;
 mod emr;
 mod fidelity;
+mod incremental;
 mod pca;
 mod safety;
 mod uploads;

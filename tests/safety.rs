@@ -136,7 +136,8 @@ fn reruns_replace_only_what_fruits_wrote() {
     assert_ne!(first.run_id, second.run_id);
     assert_eq!(read_committed(&features).rows.len(), 3);
 
-    // This run's files, its views, and every file fruits did not write; nothing of the first run.
+    // The committed files (the first run's, kept, and this run's new one), this run's views,
+    // and every file fruits did not write; nothing else of the first run.
     let mut expected: Vec<String> = second.files.iter().map(|f| format!("features/{f}")).collect();
     expected.extend(["features/_SUCCESS", "features/linked", "pca.png", "summary.json"].map(String::from));
     expected.push(format!("pca/part-{}.parquet", second.run_id));
@@ -173,7 +174,8 @@ fn an_output_inside_the_input_is_refused() {
 fn spawn_run(input: &Path, output: &Path) -> Child {
     let model = model_path().display().to_string();
     Command::new(binary("fruits"))
-        .args(["run", "--quiet", "--input"])
+        // --full: every run writes files of its own, so each kill point is reached.
+        .args(["run", "--quiet", "--full", "--input"])
         .arg(input)
         .arg("--output")
         .arg(output)

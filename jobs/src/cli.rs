@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use fruits_process::{ModelArgs, S3Args};
 use fruits_udfs::ScanOptions;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -51,7 +51,7 @@ pub enum Command {
 pub const DISTRIBUTED_ABOVE_ROWS: u64 = 100_000;
 
 /// Where the covariance matrix is computed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PcaMode {
     /// `distributed` above 100,000 rows, else `memory`.
@@ -152,9 +152,14 @@ pub struct RunArgs {
     pub input: InputArgs,
 
     /// Output folder or object-store prefix (s3://bucket/prefix): receives features/ (Parquet
-    /// files and the _SUCCESS manifest) and summary.json. A previous result there is replaced.
+    /// files and the _SUCCESS manifest) and summary.json. A result committed there by the same
+    /// model is brought up to date: only new and changed images are featurized.
     #[arg(long, short)]
     pub output: String,
+
+    /// Featurize every image again, even those whose features the committed result holds.
+    #[arg(long)]
+    pub full: bool,
 
     #[command(flatten)]
     pub engine: EngineArgs,

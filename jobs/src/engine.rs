@@ -105,19 +105,13 @@ impl Engine {
         Ok(())
     }
 
-    /// Registers `images` over `input` again with at least `files` files per task (its other
-    /// options kept), unless its tasks are that large already.
-    pub async fn widen_image_tasks(&self, input: &str, files: usize) -> Result<()> {
-        let provider = self.ctx.table_provider(IMAGES_TABLE).await?;
-        let Some(images) = provider.downcast_ref::<ImagesTable>() else {
-            bail!("the {IMAGES_TABLE} table is not an image listing");
-        };
-        let options = images.options();
-        if options.files_per_partition >= files {
-            return Ok(());
-        }
+    /// Registers `images` over the files of the work list at `worklist` (listed under `input`),
+    /// in place of any `images` table registered before.
+    pub fn register_worklist(&self, input: &str, options: ScanOptions, worklist: &str) -> Result<()> {
+        let table = ImagesTable::try_new(input, options).with_context(|| format!("invalid input location {input}"))?;
         self.ctx.deregister_table(IMAGES_TABLE)?;
-        self.register_images(input, ScanOptions { files_per_partition: files, ..options })
+        self.ctx.register_table(IMAGES_TABLE, Arc::new(table.with_worklist(worklist)))?;
+        Ok(())
     }
 
     /// The loaded model, on the embedded engine.

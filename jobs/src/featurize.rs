@@ -1,27 +1,26 @@
-//! The featurize job: every image under the input embedded and written by the engine's tasks
-//! into `OUTPUT/features/`, next to the result committed there before, which it leaves alone.
-//! The commit is the caller's (see `commands::run`).
+//! The featurize job: the images of a run's work list embedded and written by the engine's
+//! tasks into `OUTPUT/features/`, next to the result committed there before, which it leaves
+//! alone. The commit is the caller's (see `commands::run`).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use ballista_core::extension::SessionConfigExt;
-use datafusion::arrow::array::AsArray;
-use datafusion::arrow::datatypes::Int64Type;
+use datafusion::arrow::array::{Array, AsArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
 use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use fruits_pca::Moments;
 use fruits_udfs::{
-    FEATURIZE_OR_ERROR, FeaturesDir, IMAGES_TABLE, Location, READ_ERROR, RunId, WriteFeatures, WriteResult,
+    FEATURIZE_OR_ERROR, FeaturesDir, IMAGES_TABLE, Listing, Location, MODEL_FINGERPRINT, Manifest, READ_ERROR, RunId,
+    ScanOptions, WriteFeatures, WriteResult, list_images, worklist_name,
 };
 use indicatif::ProgressBar;
 
-use crate::cli::PcaMode;
-use crate::committed::FeatureFiles;
 use crate::engine::{Engine, Mode};
 use crate::progress::{counting_bar, track_cluster_job};
-use crate::summary::Summary;
 
 /// Name of the features folder inside the output.
 pub const FEATURES_DIR: &str = "features/";
@@ -33,44 +32,90 @@ pub const FEATURES_DIR: &str = "features/";
 /// 2.2 GB, 2,048 (26 tasks) at 0.72 GB, in the same job time.
 const MIN_FILES_PER_MOMENTS_TASK: usize = 2048;
 
-/// A run whose feature files are written, not yet committed.
-pub struct Featurized {
-    /// What the run did (its `pca` part still empty); not written yet.
-    pub summary: Summary,
-    /// The files written, and the manifest that will commit them.
-    pub files: FeatureFiles,
-    /// The feature moments the executors aggregated, when the PCA is to be distributed.
+/// What a featurize job wrote, not yet committed.
+pub struct Job {
+    /// The files the job wrote (none when it had nothing to read).
+    pub manifest: Manifest,
+    /// The feature moments the executors aggregated, when asked for.
     pub moments: Option<Moments>,
 }
 
-/// Runs the job over the images registered on `engine`, writing run `run_id`'s files into
-/// `features` (the features folder of `output`). Nothing is committed or withdrawn: until the
-/// caller commits, readers keep seeing the previous result.
+/// Lists the images under `input` once, for the whole run: the listing decides what the job
+/// reads and travels to the scan as a work list (see [`run`]).
+pub async fn list(engine: &Engine, input: &str) -> Result<(Location, Listing)> {
+    let location = Location::parse(input, &engine.ctx.runtime_env())
+        .with_context(|| format!("invalid input location {input}"))?;
+    let listing = list_images(&location).await.with_context(|| format!("cannot list the images under {input}"))?;
+    for entry in &listing.skipped {
+        log::warn!("skipped {}: {}", location.url_of(&entry.location), entry.reason);
+    }
+    if listing.images.is_empty() {
+        bail!("no image files (.jpg, .jpeg, .png) found under {input}");
+    }
+    Ok((location, listing))
+}
+
+/// Runs the job over the entries of `work` (listed under `input`), writing run `run_id`'s
+/// files into `features` with the features of `model` (the fingerprint the engine's
+/// executors must have). Nothing is committed or withdrawn: until the caller commits, readers
+/// keep seeing the previous result.
 ///
-/// With `pca` resolving to [`PcaMode::Distributed`] for the number of images, every task also
-/// returns the moments of its features and a final aggregate of the same job merges them.
+/// With `with_moments`, every task also returns the moments of its features and a final
+/// aggregate of the same job merges them.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     engine: &Engine,
     input: &str,
-    output: &Location,
+    options: ScanOptions,
+    work: &Listing,
     features: &FeaturesDir,
     run_id: &RunId,
-    pca: Option<PcaMode>,
+    model: &str,
+    with_moments: bool,
     quiet: bool,
-) -> Result<Featurized> {
-    let started = Instant::now();
-    let read_before = bytes_read();
-
-    let total = count_images(engine).await.with_context(|| format!("cannot list the images under {input}"))?;
+) -> Result<Job> {
+    let total = (work.images.len() + work.skipped.len()) as u64;
     if total == 0 {
-        bail!("no image files (.jpg, .jpeg, .png) found under {input}");
+        return Ok(Job { manifest: Manifest::of_files(run_id.as_str(), None, Vec::new())?, moments: None });
     }
-    let with_moments = pca.is_some_and(|mode| mode.resolve(total) == PcaMode::Distributed);
-    if with_moments {
-        engine.widen_image_tasks(input, MIN_FILES_PER_MOMENTS_TASK).await?;
+    let options = match with_moments {
+        true => ScanOptions { files_per_partition: options.files_per_partition.max(MIN_FILES_PER_MOMENTS_TASK), ..options },
+        false => options,
+    };
+    // The scan (planned on the scheduler in a cluster) reads the work list, not a new listing.
+    let worklist = worklist_name(run_id);
+    features.location().put(&worklist, work.to_parquet()?).await?;
+    engine.register_worklist(input, options, &features.file_url(&worklist))?;
+
+    let result = write(engine, features, run_id, total, with_moments, quiet).await;
+    if let Err(e) = features.location().delete(&worklist).await {
+        log::warn!("cannot remove the work list {}: {e}", features.file_url(&worklist));
     }
+    let WriteResult { manifest, moments } = result?;
+    if manifest.rows != total {
+        bail!(
+            "the job wrote {} rows for {total} listed images (did the input change while it ran?); nothing was committed",
+            manifest.rows
+        );
+    }
+    if let Some(written) = manifest.model.as_deref().filter(|written| *written != model) {
+        bail!("the executors featurized with {written}, not with {model} as they said before the job; nothing was committed");
+    }
+    Ok(Job { manifest, moments })
+}
+
+/// The featurize query over the registered `images`, under the features write.
+async fn write(
+    engine: &Engine,
+    features: &FeaturesDir,
+    run_id: &RunId,
+    total: u64,
+    with_moments: bool,
+    quiet: bool,
+) -> Result<WriteResult> {
     let query = format!(
-        "SELECT path, label, {FEATURIZE_OR_ERROR}(content, {READ_ERROR}) AS result FROM {IMAGES_TABLE}"
+        "SELECT path, label, size, modified, etag, {FEATURIZE_OR_ERROR}(content, {READ_ERROR}) AS result, \
+         {MODEL_FINGERPRINT}() AS model FROM {IMAGES_TABLE}"
     );
     let select = engine.ctx.sql(&query).await?.into_unoptimized_plan();
     let write = WriteFeatures::try_new(select, features.url(), run_id)?.with_moments(with_moments);
@@ -85,47 +130,30 @@ pub async fn run(
     ticker.abort();
     bar.finish_and_clear();
     let result = result.context("the featurize job failed; nothing was committed")?;
-    let WriteResult { manifest, moments } = write.read_result(&result)?;
-
-    if manifest.rows != total {
-        bail!(
-            "the job wrote {} rows for {total} listed images (did the input change while it ran?); nothing was committed",
-            manifest.rows
-        );
-    }
-    let files = FeatureFiles { folder: features.clone(), manifest };
-    let failed = files.failures(&engine.ctx).await?;
-    let seconds = started.elapsed().as_secs_f64();
-    let manifest = &files.manifest;
-    let summary = Summary {
-        input: input.to_owned(),
-        output: output.url().to_owned(),
-        model: engine.featurizer().map(|f| f.config().model_path.display().to_string()),
-        engine: engine.describe(),
-        run_id: run_id.to_string(),
-        rows_in: total,
-        rows_out: manifest.rows,
-        featurized: manifest.rows - manifest.failed,
-        failed,
-        files: manifest.files.iter().map(|f| f.file.clone()).collect(),
-        seconds,
-        images_per_second: total as f64 / seconds,
-        client_bytes_read: bytes_read().zip(read_before).map(|(after, before)| after.saturating_sub(before)),
-        pca: None,
-    };
-    Ok(Featurized { summary, files, moments })
+    Ok(write.read_result(&result)?)
 }
 
-/// Number of image files under the registered `images` table (from the listing's exact
-/// statistics: nothing is read).
-async fn count_images(engine: &Engine) -> Result<u64> {
-    let batches = engine.ctx.sql(&format!("SELECT count(*) FROM {IMAGES_TABLE}")).await?.collect().await?;
-    let count = batches
-        .first()
-        .and_then(|b| b.column(0).as_primitive_opt::<Int64Type>())
-        .map(|c| c.value(0))
-        .context("count(*) returned no value")?;
-    Ok(u64::try_from(count)?)
+/// The fingerprint of the model the engine featurizes with: the embedded one's, or, on a
+/// cluster, the one an executor reports (each file of the job records its own, checked at the
+/// commit).
+pub async fn model_fingerprint(engine: &Engine) -> Result<String> {
+    if let Some(featurizer) = engine.featurizer() {
+        return Ok(featurizer.fingerprint().to_owned());
+    }
+    let batches = engine
+        .ctx
+        .sql(&format!("SELECT {MODEL_FINGERPRINT}()"))
+        .await?
+        .collect()
+        .await
+        .context("cannot ask the executors which model they run")?;
+    let column = batches.first().map(|b| cast(b.column(0), &DataType::Utf8)).transpose()?;
+    column
+        .as_ref()
+        .and_then(|c| c.as_string_opt::<i32>())
+        .filter(|c| !c.is_empty() && c.is_valid(0))
+        .map(|c| c.value(0).to_owned())
+        .context("the executors did not name their model")
 }
 
 /// The Ballista job name of run `run_id`.
@@ -135,7 +163,7 @@ fn job_name(run_id: &RunId) -> String {
 
 /// Bytes this process has read so far through `read`/`pread` calls, from `/proc/self/io`
 /// (Linux only). Socket reads by `recv` are not counted.
-fn bytes_read() -> Option<u64> {
+pub fn bytes_read() -> Option<u64> {
     let io = std::fs::read_to_string("/proc/self/io").ok()?;
     io.lines().find_map(|line| line.strip_prefix("rchar:"))?.trim().parse().ok()
 }

@@ -9,6 +9,7 @@ mod commands;
 mod committed;
 mod engine;
 mod featurize;
+mod increment;
 mod pca_stage;
 mod progress;
 mod summary;

@@ -1,7 +1,7 @@
 //! `summary.json`: what a run did, for people (printed) and scripts (the file, `--json`).
 
 use anyhow::Result;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::PcaMode;
 
@@ -29,25 +29,65 @@ pub struct Summary {
     pub run_id: String,
     /// Image files listed under the input.
     pub rows_in: u64,
-    /// Rows written to features/ (one per listed file; failed ones have NULL features).
+    /// Rows of the committed result in features/ (one per listed file; failed ones have NULL
+    /// features), kept and new alike.
     pub rows_out: u64,
-    /// Rows whose features were computed.
+    /// Rows of the committed result with features.
     pub featurized: u64,
     pub failed: Vec<FailedImage>,
     /// The committed Parquet files, relative to features/.
     pub files: Vec<String>,
+    /// How this run related to the result committed before it: the counts of an incremental
+    /// run, `None` for a full run.
+    pub incremental: Option<Incremental>,
+    /// Why every image was featurized, for a full run.
+    pub full_run_reason: Option<String>,
+    /// Images the featurize job read this run (new and changed ones, all of them in a full run).
+    pub featurized_this_run: u64,
     pub seconds: f64,
+    /// `featurized_this_run` per second of the whole run.
     pub images_per_second: f64,
     /// Bytes this process read (`read`/`pread` calls, see `featurize::bytes_read`) during the
     /// run, on Linux. On a cluster the images go from the store to the executors and only small
     /// reports come back, so this stays far below the size of the images.
     pub client_bytes_read: Option<u64>,
+    /// Where the run's time went.
+    pub stages: Stages,
     /// The PCA stage, unless `--no-pca`.
     pub pca: Option<PcaSummary>,
 }
 
+/// Seconds of each stage of a run (the PCA's are in its own part): where a large or
+/// incremental run spends its time.
+#[derive(Debug, Default, Serialize)]
+pub struct Stages {
+    /// Listing the input (once per run, in this process).
+    pub listing: f64,
+    /// Reading the committed versions and comparing them with the listing.
+    pub compare: f64,
+    /// The featurize job, planning and writing included.
+    pub featurize: f64,
+    /// Rewriting committed files that lost rows.
+    pub carry_over: f64,
+    /// Withdrawing the views and writing `_SUCCESS`.
+    pub commit: f64,
+}
+
+/// An incremental run against the listing: images not in the committed result (`new`), in
+/// it with another size, time or ETag (`changed`: featurized again), in it but no longer
+/// listed (`deleted`: their rows left the result), and kept as they were (`unchanged`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
+pub struct Incremental {
+    pub new: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    /// The committed run this one brought up to date.
+    pub since_run: String,
+}
+
 /// What the PCA stage did.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 pub struct PcaSummary {
     pub components: usize,
     /// `memory` or `distributed`.
@@ -62,6 +102,13 @@ pub struct PcaSummary {
     /// Files written, relative to the output folder.
     pub files: Vec<String>,
     pub seconds: f64,
+}
+
+/// The parts of a `summary.json` that say which run it describes and its PCA.
+#[derive(Debug, Deserialize)]
+pub struct WrittenSummary {
+    pub run_id: String,
+    pub pca: Option<PcaSummary>,
 }
 
 /// `value` as pretty JSON with a final newline.
@@ -82,14 +129,25 @@ impl Summary {
             self.files.len(),
             if self.files.len() == 1 { "" } else { "s" }
         );
-        println!("  featurized {}, failed {}", self.featurized, self.failed.len());
+        match (&self.incremental, &self.full_run_reason) {
+            (Some(i), _) => println!(
+                "  incremental since run {}: {} new, {} changed, {} deleted, {} unchanged (kept)",
+                i.since_run, i.new, i.changed, i.deleted, i.unchanged
+            ),
+            (None, Some(reason)) => println!("  full run: {reason}"),
+            (None, None) => {}
+        }
+        println!("  featurized {}, failed {} (the whole result)", self.featurized, self.failed.len());
         for failure in self.failed.iter().take(10) {
             println!("    {}: {}", failure.path, failure.error);
         }
         if self.failed.len() > 10 {
             println!("    ... and {} more in {}{SUMMARY_FILE}", self.failed.len() - 10, self.output);
         }
-        println!("  {:.1} s, {:.1} images/s ({})", self.seconds, self.images_per_second, self.engine);
+        println!(
+            "  {} images featurized this run in {:.1} s, {:.1} images/s ({})",
+            self.featurized_this_run, self.seconds, self.images_per_second, self.engine
+        );
     }
 }
 

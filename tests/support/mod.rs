@@ -264,6 +264,19 @@ pub struct Summary {
     pub failed: Vec<FailedImage>,
     pub files: Vec<String>,
     pub client_bytes_read: Option<u64>,
+    pub incremental: Option<Incremental>,
+    pub full_run_reason: Option<String>,
+    pub featurized_this_run: u64,
+}
+
+/// `summary.json`'s `incremental`.
+#[derive(Debug, Deserialize, Clone, PartialEq, Eq)]
+pub struct Incremental {
+    pub new: u64,
+    pub changed: u64,
+    pub deleted: u64,
+    pub unchanged: u64,
+    pub since_run: String,
 }
 
 #[derive(Debug, Deserialize, Clone)]

@@ -44,6 +44,9 @@ mod wire {
         pub files_per_partition: u64,
         #[prost(uint64, tag = "3")]
         pub max_image_bytes: u64,
+        /// URL of the table's work list; empty when the scan lists `location` itself.
+        #[prost(string, tag = "4")]
+        pub worklist: String,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -179,7 +182,11 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
                     files_per_partition: images.files_per_partition as usize,
                     max_image_bytes: images.max_image_bytes,
                 };
-                Ok(Arc::new(ImagesTable::try_new(&images.location, options)?))
+                let table = ImagesTable::try_new(&images.location, options)?;
+                Ok(Arc::new(match images.worklist.as_str() {
+                    "" => table,
+                    worklist => table.with_worklist(worklist),
+                }))
             }
             Some(wire::Table::Other(inner)) => self.inner.try_decode_table_provider(&inner, table_ref, schema, ctx),
             None => Err(internal_datafusion_err!("table node without a table")),
@@ -197,6 +204,7 @@ impl LogicalExtensionCodec for FruitsLogicalCodec {
                 location: images.location().to_owned(),
                 files_per_partition: images.options().files_per_partition as u64,
                 max_image_bytes: images.options().max_image_bytes,
+                worklist: images.worklist().unwrap_or_default().to_owned(),
             }),
             None => {
                 let mut inner = Vec::new();
@@ -283,6 +291,9 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
                 let source = Arc::new(ImageSource::new(images_table_schema()));
                 let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
                 let config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
+                // What a task receives of the listing: the scale benchmark reads this.
+                let files: usize = config.file_groups.iter().map(|group| group.len()).sum();
+                log::debug!("image scan plan: {} bytes, {files} files in {} groups", buf.len(), config.file_groups.len());
                 Ok(DataSourceExec::from_data_source(config))
             }
             Some(wire::Plan::FeaturesSink(write)) => {

@@ -33,12 +33,12 @@ pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSIO
 pub use moments::{FEATURE_MOMENTS, MERGE_FEATURE_MOMENTS, decode_moments, encode_moments};
 pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
 pub use sink::{
-    CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, PartFile, RunId, WriteFeatures, WriteResult,
-    parquet_writer_properties,
+    CommittedFile, FeaturesDir, FileVersion, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId, WriteFeatures,
+    WriteResult, features_schema, parquet_writer_properties, is_worklist, worklist_name,
 };
 pub use store::{ObjectStores, S3Options};
 pub use table::{IMAGES_TABLE, ImageFile, ImagesTable, Listing, READ_ERROR, ScanOptions, Skipped, list_images};
-pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, NO_CONTENT};
+pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, MODEL_FINGERPRINT, NO_CONTENT};
 
 /// `config` with the fruits plan codecs installed for Ballista, so that the `images` table and
 /// its scan can be sent to the scheduler and executors.
@@ -48,7 +48,7 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
         .with_ballista_physical_extension_codec(Arc::new(FruitsPhysicalCodec::default()))
 }
 
-/// Registers `featurize` and `featurize_or_error`, on `backend`, and the feature moments
+/// Registers `featurize`, `featurize_or_error` and `model_fingerprint`, on `backend`, and the feature moments
 /// aggregates on `ctx`.
 ///
 /// Ballista's `standalone_with_state`/`remote_with_state` rebuild the session state and drop
@@ -57,6 +57,7 @@ pub fn register(ctx: &SessionContext, backend: &Backend) {
     for udf in udf::Featurize::udfs(backend) {
         ctx.register_udf(udf);
     }
+    ctx.register_udf(udf::ModelFingerprint::udf(backend));
     for udaf in moments::FeatureMoments::udafs() {
         ctx.register_udaf(udaf);
     }

@@ -244,6 +244,10 @@ impl Location {
         name.split('/').filter(|part| !part.is_empty()).fold(self.url.prefix().clone(), |path, part| naming.join(&path, part))
     }
 
+    pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
     pub(crate) fn naming(&self) -> Naming {
         Naming::of(&self.url.object_store())
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float32Builder, ListBuilder, StringBuilder, StructArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Fields};
-use datafusion::common::{DataFusionError, Result, exec_err};
+use datafusion::common::{DataFusionError, Result, ScalarValue, exec_err};
 use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
@@ -23,6 +23,8 @@ use crate::model::Featurizer;
 pub const FEATURIZE: &str = "featurize";
 /// Name of the function returning `{features, error}`.
 pub const FEATURIZE_OR_ERROR: &str = "featurize_or_error";
+/// Name of the function returning the fingerprint of the model `featurize` runs here.
+pub const MODEL_FINGERPRINT: &str = "model_fingerprint";
 
 /// Reason given for a row whose content is NULL with no other reason (the file vanished after
 /// listing).
@@ -181,5 +183,63 @@ impl ScalarUDFImpl for Featurize {
                 Arc::new(StructArray::try_new(fields, vec![features, Arc::new(errors.finish())], None)?)
             }
         }))
+    }
+}
+
+/// `model_fingerprint()`: the [`Featurizer::fingerprint`] of the process evaluating it. Volatile,
+/// so a client never folds it while planning: it is evaluated where `featurize` runs, and a
+/// features write records, per row, which model made it.
+#[derive(Debug)]
+pub(crate) struct ModelFingerprint {
+    backend: Backend,
+    signature: Signature,
+}
+
+impl ModelFingerprint {
+    pub(crate) fn udf(backend: &Backend) -> ScalarUDF {
+        ScalarUDF::new_from_impl(Self { backend: backend.clone(), signature: Signature::nullary(Volatility::Volatile) })
+    }
+}
+
+impl PartialEq for ModelFingerprint {
+    fn eq(&self, other: &Self) -> bool {
+        match (&self.backend, &other.backend) {
+            (Backend::Model(a), Backend::Model(b)) => Arc::ptr_eq(a, b),
+            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
+            _ => false,
+        }
+    }
+}
+
+impl Eq for ModelFingerprint {}
+
+impl Hash for ModelFingerprint {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        MODEL_FINGERPRINT.hash(state);
+    }
+}
+
+impl ScalarUDFImpl for ModelFingerprint {
+    fn name(&self) -> &str {
+        MODEL_FINGERPRINT
+    }
+
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn return_type(&self, _arg_types: &[DataType]) -> Result<DataType> {
+        Ok(DataType::Utf8)
+    }
+
+    fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
+        match &self.backend {
+            Backend::Model(featurizer) => {
+                Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(featurizer.fingerprint().to_owned()))))
+            }
+            Backend::PlanningOnly => {
+                exec_err!("{MODEL_FINGERPRINT} runs on executors, which load the model; this process has none")
+            }
+        }
     }
 }

@@ -2,8 +2,11 @@
 //!
 //! The order is what keeps the previous result safe:
 //! 1. take the output's lease (a second run into the same output refuses);
-//! 2. write this run's feature files and PCA projections under its own names, beside the
-//!    previous result, which readers keep seeing;
+//! 2. list the input once and compare it with the committed result (see `increment`): a
+//!    result of the same model is brought up to date, featurizing only new and changed images;
+//!    write this run's feature files (new ones, and rewrites of committed files that lose
+//!    rows) and PCA projections under its own names, beside the previous result, which readers
+//!    keep seeing;
 //! 3. withdraw the views (`summary.json`, `pca.png`, `features.csv`) of the previous run, then
 //!    commit this run's manifest in one write, then write this run's views: a reader never
 //!    sees a view of one run beside the features of another;
@@ -14,14 +17,18 @@
 //! result or this one is committed, with its views missing until the next run. Leftovers of a
 //! killed run are deleted by the next run that commits.
 
-use anyhow::{Context, Result, bail};
-use fruits_udfs::{FeaturesDir, Lease, Location, MANIFEST_FILE, PartFile, RunId};
+use std::time::Instant;
 
-use crate::cli::RunArgs;
+use anyhow::{Context, Result, bail};
+use fruits_udfs::{FeaturesDir, Lease, Location, MANIFEST_FILE, Manifest, PartFile, RunId, is_worklist};
+
+use crate::cli::{PcaMode, PcaOptions, RunArgs};
+use crate::committed::FeatureFiles;
 use crate::engine::Engine;
-use crate::featurize::{self, FEATURES_DIR, Featurized};
+use crate::featurize::{self, FEATURES_DIR};
+use crate::increment::{self, Decision};
 use crate::pca_stage::{self, CSV_FILE, PLOT_FILE};
-use crate::summary::{SUMMARY_FILE, Summary, to_json};
+use crate::summary::{Incremental, SUMMARY_FILE, Stages, Summary, WrittenSummary, to_json};
 
 /// `text`: print the summary for people; `quiet`: no progress bar either.
 pub async fn run(args: &RunArgs, text: bool, quiet: bool) -> Result<Summary> {
@@ -49,26 +56,82 @@ async fn run_holding(
     text: bool,
     quiet: bool,
 ) -> Result<Summary> {
+    let started = Instant::now();
+    let read_before = featurize::bytes_read();
+    let input = &args.input.input;
     let features = FeaturesDir::new(output.child(FEATURES_DIR)?);
     features.begin(lease).await?;
+    let model = featurize::model_fingerprint(engine).await?;
+    let mut stages = Stages::default();
+    let mut clock = Instant::now();
+    let (input_location, listing) = featurize::list(engine, input).await?;
+    stages.listing = lap(&mut clock);
+    let rows_in = (listing.images.len() + listing.skipped.len()) as u64;
+    let decision = increment::decide(&features, &input_location, listing, &model, args.full).await?;
+    stages.compare = lap(&mut clock);
     let pca = args.pca.options();
     let pca_mode = (!args.no_pca).then_some(pca.mode);
 
-    let Featurized { mut summary, files, moments } =
-        featurize::run(engine, &args.input.input, output, &features, run_id, pca_mode, quiet).await?;
+    // Nothing new, changed or deleted: the committed run stands, and so do its views when they
+    // are there and describe it.
+    if let Decision::Incremental(increment) = &decision {
+        let committed = &increment.counts.since_run;
+        if increment.is_empty() && let Some(views) = current_views(output, committed, (!args.no_pca).then_some(pca)).await? {
+            let files = FeatureFiles {
+                folder: features.clone(),
+                manifest: Manifest::of_files(committed, Some(model), increment.kept().to_vec())?,
+            };
+            let mut summary = summarize(engine, args, output, &files, rows_in, Some(increment.counts.clone()), None, 0, started, read_before).await?;
+            summary.stages = stages;
+            summary.pca = views.pca;
+            if text {
+                summary.print(FEATURES_DIR);
+                println!("  up to date: run {committed} stays committed, with its {SUMMARY_FILE} and {PLOT_FILE}");
+            }
+            remove_leftovers(engine, output, &features, lease, committed).await?;
+            return Ok(summary);
+        }
+    }
+
+    // A full job sees every row, so its tasks can return the moments of the whole result.
+    let with_moments = matches!(decision, Decision::Full { .. })
+        && pca_mode.is_some_and(|mode| mode.resolve(rows_in) == PcaMode::Distributed);
+    let options = args.input.scan_options();
+    let job =
+        featurize::run(engine, input, options, decision.work(), &features, run_id, &model, with_moments, quiet).await?;
+    let featurized_this_run = job.manifest.rows;
+    stages.featurize = lap(&mut clock);
+    let (files, incremental, full_run_reason) = match decision {
+        Decision::Full { reason, .. } => (job.manifest.files, None, reason),
+        Decision::Incremental(increment) => {
+            let counts = increment.counts.clone();
+            let mut files = increment.carry_over(&features, run_id).await?;
+            files.extend(job.manifest.files);
+            (files, Some(counts), None)
+        }
+    };
+    stages.carry_over = lap(&mut clock);
+    let files = FeatureFiles { folder: features.clone(), manifest: Manifest::of_files(run_id.as_str(), Some(model), files)? };
+    let mut summary = summarize(
+        engine, args, output, &files, rows_in, incremental, full_run_reason, featurized_this_run, started, read_before,
+    )
+    .await?;
+    summary.stages = stages;
     if text {
         summary.print(FEATURES_DIR);
     }
     // Fitted before the commit, so that the run commits with its projections in place.
     let fitted = match pca_mode {
-        Some(_) => Some(pca_stage::fit(&engine.ctx, &files, output, pca, moments).await),
+        Some(_) => Some(pca_stage::fit(&engine.ctx, &files, output, pca, job.moments).await),
         None => None,
     };
+    lap(&mut clock);
 
     for view in [SUMMARY_FILE, PLOT_FILE, CSV_FILE] {
         output.delete(view).await?;
     }
     features.commit(&files.manifest, lease).await?;
+    summary.stages.commit = lap(&mut clock);
     log::info!("committed run {run_id}: {} files", files.manifest.files.len());
 
     let published = match fitted {
@@ -88,26 +151,98 @@ async fn run_holding(
     };
     output.put(SUMMARY_FILE, to_json(&summary)?).await?;
 
-    let mut removed = features.remove_leftovers(lease).await?;
-    removed.extend(pca_stage::remove_leftovers(output, run_id.as_str()).await?);
-    // This run's uploads are all complete and it holds the lease: any unfinished one of fruits'
-    // names (a part file, a manifest, a view; on a local disk each write is staged) is a killed
-    // run's.
-    let owned = |name: &str| {
-        [SUMMARY_FILE, PLOT_FILE, CSV_FILE].contains(&name)
-            || name.strip_prefix(FEATURES_DIR).is_some_and(|f| f == MANIFEST_FILE || PartFile::parse(f).is_some())
-            || name.strip_prefix("pca/part-").and_then(|f| f.strip_suffix(".parquet")).is_some_and(|r| RunId::parse(r).is_some())
-    };
-    removed.extend(engine.stores.abort_incomplete_uploads(output, owned).await?);
-    if !removed.is_empty() {
-        log::info!("removed {} leftovers of earlier runs and failed attempts: {}", removed.len(), removed.join(", "));
-    }
+    remove_leftovers(engine, output, &features, lease, run_id.as_str()).await?;
     match pca_error {
         Some(e) => {
             Err(e.context(format!("the features are committed in {}{FEATURES_DIR}, but the PCA failed", output.url())))
         }
         None => Ok(summary),
     }
+}
+
+/// Deletes what fruits wrote for runs other than the committed `run` and for failed attempts
+/// (files, unfinished S3 multipart uploads, local staging files), and nothing else.
+async fn remove_leftovers(engine: &Engine, output: &Location, features: &FeaturesDir, lease: &Lease, run: &str) -> Result<()> {
+    let mut removed = features.remove_leftovers(lease).await?;
+    removed.extend(pca_stage::remove_leftovers(output, run).await?);
+    // This process's uploads are all complete and it holds the lease: any unfinished one of fruits'
+    // names (a part file, a manifest, a view; on a local disk each write is staged) is a killed
+    // run's.
+    let owned = |name: &str| {
+        [SUMMARY_FILE, PLOT_FILE, CSV_FILE].contains(&name)
+            || name.strip_prefix(FEATURES_DIR).is_some_and(|f| f == MANIFEST_FILE || PartFile::parse(f).is_some() || is_worklist(f))
+            || name.strip_prefix("pca/part-").and_then(|f| f.strip_suffix(".parquet")).is_some_and(|r| RunId::parse(r).is_some())
+    };
+    removed.extend(engine.stores.abort_incomplete_uploads(output, owned).await?);
+    if !removed.is_empty() {
+        log::info!("removed {} leftovers of earlier runs and failed attempts: {}", removed.len(), removed.join(", "));
+    }
+    Ok(())
+}
+
+/// What a run did, once its result is known (the PCA part still empty).
+#[allow(clippy::too_many_arguments)]
+async fn summarize(
+    engine: &Engine,
+    args: &RunArgs,
+    output: &Location,
+    files: &FeatureFiles,
+    rows_in: u64,
+    incremental: Option<Incremental>,
+    full_run_reason: Option<String>,
+    featurized_this_run: u64,
+    started: Instant,
+    read_before: Option<u64>,
+) -> Result<Summary> {
+    let seconds = started.elapsed().as_secs_f64();
+    let manifest = &files.manifest;
+    Ok(Summary {
+        input: args.input.input.clone(),
+        output: output.url().to_owned(),
+        model: engine.featurizer().map(|f| f.config().model_path.display().to_string()),
+        engine: engine.describe(),
+        run_id: manifest.run_id.clone(),
+        rows_in,
+        rows_out: manifest.rows,
+        featurized: manifest.rows - manifest.failed,
+        failed: files.failures(&engine.ctx).await?,
+        files: manifest.files.iter().map(|f| f.file.clone()).collect(),
+        incremental,
+        full_run_reason,
+        featurized_this_run,
+        seconds,
+        images_per_second: featurized_this_run as f64 / seconds,
+        client_bytes_read: featurize::bytes_read().zip(read_before).map(|(after, before)| after.saturating_sub(before)),
+        stages: Stages::default(),
+        pca: None,
+    })
+}
+
+/// The views in `output` when they describe run `run`, with the PCA `pca` asks for, if any.
+async fn current_views(output: &Location, run: &str, pca: Option<PcaOptions>) -> Result<Option<WrittenSummary>> {
+    let Some(bytes) = output.get(SUMMARY_FILE).await? else {
+        return Ok(None);
+    };
+    // An unreadable summary is no view of the run: the run commits and writes a new one.
+    let Ok(written) = serde_json::from_slice::<WrittenSummary>(&bytes) else {
+        return Ok(None);
+    };
+    let pca_current = match (pca, &written.pca) {
+        (None, _) => true,
+        (Some(wanted), Some(written)) => {
+            written.components == wanted.k && (!wanted.csv || written.files.iter().any(|f| f == CSV_FILE))
+        }
+        (Some(_), None) => false,
+    };
+    let current = written.run_id == run && pca_current;
+    Ok(current.then_some(written))
+}
+
+/// Seconds since `clock`, which restarts.
+fn lap(clock: &mut Instant) -> f64 {
+    let seconds = clock.elapsed().as_secs_f64();
+    *clock = Instant::now();
+    seconds
 }
 
 /// An output inside the input would be read back as input by the next run (`pca.png` as an

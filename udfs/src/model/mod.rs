@@ -107,6 +107,7 @@ impl Parallelism {
 pub struct Featurizer {
     config: ModelConfig,
     feature_dim: usize,
+    fingerprint: String,
     pool: SessionPool,
     /// Images handed to [`Self::featurize`] so far, decodable or not: the progress of a job
     /// running in this process.
@@ -144,6 +145,7 @@ impl Featurizer {
             sessions.push(session);
         }
         let feature_dim = validate(&sessions[0], &config)?;
+        let fingerprint = fingerprint(&config)?;
         log::info!(
             "loaded {} ({} sessions x {} threads, {} features) with ONNX Runtime {}",
             config.model_path.display(),
@@ -152,7 +154,7 @@ impl Featurizer {
             feature_dim,
             library.display()
         );
-        Ok(Self { config, feature_dim, pool: SessionPool::new(sessions), images_seen: AtomicU64::new(0) })
+        Ok(Self { config, feature_dim, fingerprint, pool: SessionPool::new(sessions), images_seen: AtomicU64::new(0) })
     }
 
     pub fn config(&self) -> &ModelConfig {
@@ -162,6 +164,12 @@ impl Featurizer {
     /// Length of one feature vector (1280 for MobileNetV2).
     pub fn feature_dim(&self) -> usize {
         self.feature_dim
+    }
+
+    /// What makes these features these: the model file's SHA-256 and the preprocessing that
+    /// feeds it. Features of two fingerprints are never mixed in one committed result.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
     }
 
     /// Number of images this featurizer has processed since it was loaded.
@@ -232,6 +240,22 @@ impl Featurizer {
             Ok(values.to_vec())
         })
     }
+}
+
+/// `sha256:<hex of the model file> <input name> <width>x<height> <layout> <scaling>
+/// resize=pillow-bicubic <output name>`: the model and everything that decides its input.
+fn fingerprint(config: &ModelConfig) -> Result<String, ModelError> {
+    use sha2::Digest;
+    let bytes = std::fs::read(&config.model_path)
+        .map_err(|e| ModelError::ModelLoad { path: config.model_path.clone(), message: e.to_string() })?;
+    let digest = sha2::Sha256::digest(&bytes);
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    let spec = &config.input;
+    Ok(format!(
+        "sha256:{hex} {} {}x{} {:?} {:?} resize=pillow-bicubic {}",
+        config.input_name, spec.width, spec.height, spec.layout, spec.scaling, config.output_name
+    )
+    .to_lowercase())
 }
 
 /// Checks the model's declared input and output against the configuration and returns the

@@ -10,6 +10,7 @@ use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::{DataFusionError, Result};
 use datafusion::execution::{SendableRecordBatchStream, TaskContext};
 use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::parquet::file::metadata::KeyValue;
 use datafusion::physical_expr::{EquivalenceProperties, PhysicalExpr};
 use datafusion::physical_plan::execution_plan::{Boundedness, EmissionType};
 use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
@@ -20,14 +21,15 @@ use datafusion::physical_plan::{
 use futures::StreamExt;
 
 use super::manifest::{PartFile, RunId};
-use super::{features_schema, parquet_writer_properties, write_report_schema};
+use super::{MODEL_METADATA_KEY, features_schema, parquet_writer_properties, write_report_schema};
 use crate::lease::host_name;
 use crate::location::{Location, write_error};
 use crate::moments::MomentsAccumulator;
 
-/// Writes each input partition (`path`, `label`, `result{features, error}`) to
-/// `<output>/part-<run>-<attempt>.parquet` (a [`PartFile`]) and reports `(file, rows, failed, written_by,
-/// first_path, moments)` once the file is complete.
+/// Writes each input partition (`path`, `label`, `size`, `modified`, `etag`,
+/// `result{features, error}`, `model`) to `<output>/part-<run>-<attempt>.parquet` (a
+/// [`PartFile`]) and reports `(file, rows, failed, written_by, first_path, model, moments)` once
+/// the file is complete. The model's fingerprint goes into the file's key-value metadata.
 ///
 /// Files are not named after the partition: Ballista hands every task a plan cut down to its
 /// own partition, which it executes as partition 0.
@@ -151,22 +153,27 @@ async fn write_partition(
     let url = folder.child_url(&name);
     let upload = folder.upload(&name);
     let mut writer = AsyncArrowWriter::try_new(upload, features_schema(), Some(parquet_writer_properties()))?;
-    let (mut rows, mut failed, mut first_path) = (0u64, 0u64, None);
+    let (mut rows, mut failed, mut first_path, mut model) = (0u64, 0u64, None, None::<String>);
     while let Some(batch) = input.next().await {
-        let batch = flatten(&batch?)?;
+        let batch = batch?;
+        check_model(&batch, &mut model)?;
+        let batch = flatten(&batch)?;
         if first_path.is_none() && batch.num_rows() > 0 {
             let paths =
                 batch.column(0).as_string_opt::<i32>().ok_or_else(|| exec_datafusion_err!("path is not Utf8"))?;
             first_path = Some(paths.value(0).to_owned());
         }
         rows += batch.num_rows() as u64;
-        failed += (batch.num_rows() - batch.column(3).null_count()) as u64;
+        failed += (batch.num_rows() - batch.column(FEATURES + 1).null_count()) as u64;
         if let Some(moments) = &mut moments {
             let features =
-                batch.column(2).as_list_opt::<i32>().ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
+                batch.column(FEATURES).as_list_opt::<i32>().ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
             moments.add_features(features)?;
         }
         writer.write(&batch).await.map_err(|e| write_error(format!("cannot write {url}"), e))?;
+    }
+    if let Some(model) = &model {
+        writer.append_key_value_metadata(KeyValue::new(MODEL_METADATA_KEY.to_owned(), model.clone()));
     }
     // An attempt that fails before this point never completes its upload, so it leaves no
     // object behind (or, on a local disk, a file that the commit's clean-up removes).
@@ -183,29 +190,58 @@ async fn write_partition(
             Arc::new(UInt64Array::from(vec![failed])),
             Arc::new(StringArray::from(vec![process_name().to_owned()])),
             Arc::new(StringArray::from(vec![first_path])),
+            Arc::new(StringArray::from(vec![model])),
             Arc::new(BinaryArray::from(vec![moments.as_deref()])),
         ],
     )?;
     Ok(report)
 }
 
-/// `(path, label, result{features, error})` to the columns of the features files.
+/// Index of `features` in the features files (`error` follows it).
+const FEATURES: usize = 5;
+
+/// The column `name` of the write's input.
+fn input_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
+    batch.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the features write lost its {name} column"))
+}
+
+/// The write's input columns to those of the features files.
 fn flatten(batch: &RecordBatch) -> Result<RecordBatch> {
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the features write lost its {name} column"))
-    };
-    let result = column("result")?.as_struct_opt().ok_or_else(|| exec_datafusion_err!("result is not a struct"))?;
+    let column = |name: &str| input_column(batch, name).map(Arc::clone);
+    let result = input_column(batch, "result")?
+        .as_struct_opt()
+        .ok_or_else(|| exec_datafusion_err!("result is not a struct"))?;
     let columns: Vec<ArrayRef> = vec![
-        Arc::clone(column("path")?),
-        Arc::clone(column("label")?),
+        column("path")?,
+        column("label")?,
+        column("size")?,
+        column("modified")?,
+        column("etag")?,
         Arc::clone(result.column(0)),
         Arc::clone(result.column(1)),
     ];
     Ok(RecordBatch::try_new(features_schema(), columns)?)
 }
 
+/// Checks that every row of a file was made by one model, and keeps its fingerprint in `seen`.
+fn check_model(batch: &RecordBatch, seen: &mut Option<String>) -> Result<()> {
+    let models = input_column(batch, "model")?
+        .as_string_opt::<i32>()
+        .ok_or_else(|| exec_datafusion_err!("model is not Utf8"))?;
+    for model in models.iter().flatten() {
+        match seen {
+            Some(seen) if seen != model => {
+                return Err(exec_datafusion_err!("one task's rows were made by two models: {seen} and {model}"));
+            }
+            Some(_) => {}
+            None => *seen = Some(model.to_owned()),
+        }
+    }
+    Ok(())
+}
+
 /// `host:pid` of this process, recorded with each file: which executor wrote what.
-fn process_name() -> &'static str {
+pub(crate) fn process_name() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| format!("{}:{}", host_name(), std::process::id()))
 }

@@ -20,6 +20,8 @@ pub const MANIFEST_FILE: &str = "_SUCCESS";
 pub const MANIFEST_FORMAT: &str = "fruits-features/1";
 /// Written and removed by [`FeaturesDir::begin`] to check that the folder can be written.
 const WRITE_CHECK_FILE: &str = "_write_check";
+/// A run's work list is `_worklist-<run>.parquet` (see [`crate::ImagesTable::with_worklist`]).
+const WORKLIST_PREFIX: &str = "_worklist-";
 
 /// Names one run: `<unix seconds>-<6 hex digits>`, so run ids sort by time and two clients
 /// starting in the same second still differ.
@@ -95,6 +97,11 @@ pub struct Manifest {
     pub rows: u64,
     /// Rows whose features are NULL (the image could not be featurized; `error` says why).
     pub failed: u64,
+    /// Fingerprint of the model that made every feature of the result (see
+    /// [`crate::Featurizer::fingerprint`]); `None` in manifests of fruits before it was recorded,
+    /// or for a result without rows.
+    #[serde(default)]
+    pub model: Option<String>,
     pub files: Vec<CommittedFile>,
 }
 
@@ -114,7 +121,7 @@ pub struct CommittedFile {
 impl Manifest {
     /// The manifest of run `run_id` from the report rows its write tasks returned.
     pub fn from_reports(run_id: &str, reports: &[RecordBatch]) -> Result<Self> {
-        let mut files = Vec::new();
+        let (mut files, mut models) = (Vec::new(), Vec::<(String, String)>::new());
         for batch in reports {
             // By name: the reports may come back through an aggregate, with other nullability.
             let column = |name: &str| {
@@ -131,7 +138,11 @@ impl Manifest {
             let failed = column("failed")?.as_primitive::<UInt64Type>();
             let writers = column("written_by")?.as_string::<i32>();
             let first_paths = column("first_path")?.as_string::<i32>();
+            let file_models = column("model")?.as_string::<i32>();
             for row in 0..batch.num_rows() {
+                if file_models.is_valid(row) {
+                    models.push((file_models.value(row).to_owned(), writers.value(row).to_owned()));
+                }
                 files.push(CommittedFile {
                     file: names.value(row).to_owned(),
                     rows: rows.value(row),
@@ -141,7 +152,25 @@ impl Manifest {
                 });
             }
         }
-        // Listing order: the files read in sequence give the images in listing order.
+        let model = match models.split_first() {
+            None => None,
+            Some(((model, writer), rest)) => {
+                if let Some((other, other_writer)) = rest.iter().find(|(m, _)| m != model) {
+                    return Err(exec_datafusion_err!(
+                        "the executors ran different models ({model} on {writer}, {other} on {other_writer}); \
+                         nothing was committed: give every executor the same --model"
+                    ));
+                }
+                Some(model.clone())
+            }
+        };
+        Self::of_files(run_id, model, files)
+    }
+
+    /// The manifest of run `run_id` committing `files` (which may come from earlier runs: an
+    /// incremental run keeps the files whose rows have not changed), all made by `model`.
+    pub fn of_files(run_id: &str, model: Option<String>, mut files: Vec<CommittedFile>) -> Result<Self> {
+        // By first image: the files of one job read in sequence give its images in listing order.
         files.sort_by(|a, b| (&a.first_path, &a.file).cmp(&(&b.first_path, &b.file)));
         let mut starts = HashSet::new();
         for start in files.iter().filter_map(|f| f.first_path.as_deref()) {
@@ -155,6 +184,7 @@ impl Manifest {
             run_id: run_id.to_owned(),
             rows: files.iter().map(|f| f.rows).sum(),
             failed: files.iter().map(|f| f.failed).sum(),
+            model,
             files,
         })
     }
@@ -216,7 +246,7 @@ impl FeaturesDir {
         let mut removed = Vec::new();
         for object in self.location.list().await? {
             let Some(name) = self.location.relative_name(&object.location) else { continue };
-            let ours = name == WRITE_CHECK_FILE || PartFile::parse(&name).is_some();
+            let ours = name == WRITE_CHECK_FILE || PartFile::parse(&name).is_some() || is_worklist(&name);
             if ours && !keep.contains(name.as_str()) {
                 self.location.delete_path(&object.location).await?;
                 removed.push(name);
@@ -243,6 +273,17 @@ impl FeaturesDir {
     }
 }
 
+/// The name of run `run`'s work list in its features folder: fruits' own, removed with the
+/// leftovers if a killed run left it.
+pub fn worklist_name(run: &RunId) -> String {
+    format!("{WORKLIST_PREFIX}{run}.parquet")
+}
+
+/// Whether `name` (relative to a features folder) is a run's work list.
+pub fn is_worklist(name: &str) -> bool {
+    name.strip_prefix(WORKLIST_PREFIX).and_then(|n| n.strip_suffix(".parquet")).is_some_and(|r| RunId::parse(r).is_some())
+}
+
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
     DataFusionError::External(Box::new(e))
 }
@@ -255,8 +296,12 @@ mod tests {
 
     use super::*;
 
-    /// Report rows `(file, rows, failed, first path)`.
+    /// Report rows `(file, rows, failed, first path)`, made by `model-a`.
     fn report(files: &[(&str, u64, u64, &str)]) -> RecordBatch {
+        report_by(files, "model-a")
+    }
+
+    fn report_by(files: &[(&str, u64, u64, &str)], model: &str) -> RecordBatch {
         RecordBatch::try_new(
             write_report_schema(),
             vec![
@@ -265,6 +310,7 @@ mod tests {
                 Arc::new(UInt64Array::from_iter_values(files.iter().map(|f| f.2))),
                 Arc::new(StringArray::from_iter_values(files.iter().map(|_| "host:1"))),
                 Arc::new(StringArray::from_iter(files.iter().map(|f| (!f.3.is_empty()).then_some(f.3)))),
+                Arc::new(StringArray::from_iter(files.iter().map(|f| (f.1 > 0).then_some(model)))),
                 Arc::new(BinaryArray::from(vec![None::<&[u8]>; files.len()])),
             ],
         )
@@ -280,6 +326,18 @@ mod tests {
         let manifest = Manifest::from_reports("r", &reports).unwrap();
         assert_eq!((manifest.rows, manifest.failed), (8, 1));
         assert_eq!(manifest.files[0].file, "part-r-a.parquet");
+    }
+
+    #[test]
+    fn the_model_is_recorded_and_two_models_are_refused() {
+        let one = [report(&[("part-r-a.parquet", 3, 0, "s3://b/A/1.jpg"), ("part-r-e.parquet", 0, 0, "")])];
+        assert_eq!(Manifest::from_reports("r", &one).unwrap().model.as_deref(), Some("model-a"));
+        let two = [report(&[("part-r-a.parquet", 3, 0, "s3://b/A/1.jpg")]), report_by(&[("part-r-b.parquet", 2, 0, "s3://b/B/1.jpg")], "model-b")];
+        let err = Manifest::from_reports("r", &two).unwrap_err().to_string();
+        assert!(err.contains("different models (model-a on host:1, model-b on host:1)"), "{err}");
+        // A manifest of an earlier fruits, without the field, still reads.
+        let old = r#"{"format": "fruits-features/1", "run_id": "r", "rows": 0, "failed": 0, "files": []}"#;
+        assert_eq!(serde_json::from_str::<Manifest>(old).unwrap().model, None);
     }
 
     #[test]

@@ -16,6 +16,7 @@
 mod exec;
 mod manifest;
 mod node;
+mod versions;
 
 use std::sync::Arc;
 
@@ -33,8 +34,9 @@ use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, PhysicalPlanner};
 
 pub(crate) use exec::FeaturesSinkExec;
-pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, PartFile, RunId};
+pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, PartFile, RunId, is_worklist, worklist_name};
 pub use node::{WriteFeatures, WriteResult};
+pub use versions::FileVersion;
 
 /// Rows per Parquet row group (about 5 MB of features): readers can skip and parallelise.
 const ROWS_PER_GROUP: usize = 1024;
@@ -48,20 +50,30 @@ pub fn parquet_writer_properties() -> WriterProperties {
         .build()
 }
 
+use crate::table::modified_type;
 use crate::udf::features_type;
 
-/// Columns of the features Parquet files: one row per listed image; `features` is NULL and
-/// `error` says why when the image could not be featurized.
-pub(crate) fn features_schema() -> SchemaRef {
+/// Columns of the features Parquet files: one row per listed image, with the version of the
+/// file the listing saw (`size`, `modified`, `etag`: what the next run compares); `features`
+/// is NULL and `error` says why when the image could not be featurized.
+pub fn features_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, true),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("modified", modified_type(), true),
+        Field::new("etag", DataType::Utf8, true),
         Field::new("features", features_type(), true),
         Field::new("error", DataType::Utf8, true),
     ]))
 }
 
-/// What a write task returns: one row per file it wrote. `moments` is the file's
+/// Key of the Parquet key-value metadata entry naming the model that made a file's features
+/// (its [`crate::Featurizer::fingerprint`]).
+pub const MODEL_METADATA_KEY: &str = "fruits.model";
+
+/// What a write task returns: one row per file it wrote. `model` is the fingerprint of the
+/// model that made its features (NULL for a file without rows). `moments` is the file's
 /// [`crate::FEATURE_MOMENTS`] state when the write was asked for it (NULL otherwise, or when no
 /// row of the file has features).
 pub(crate) fn write_report_schema() -> SchemaRef {
@@ -71,6 +83,7 @@ pub(crate) fn write_report_schema() -> SchemaRef {
         Field::new("failed", DataType::UInt64, false),
         Field::new("written_by", DataType::Utf8, false),
         Field::new("first_path", DataType::Utf8, true),
+        Field::new("model", DataType::Utf8, true),
         Field::new("moments", DataType::Binary, true),
     ]))
 }

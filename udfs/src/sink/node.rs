@@ -17,6 +17,7 @@ use fruits_pca::Moments;
 use super::manifest::RunId;
 use super::{Manifest, write_report_schema};
 use crate::moments::{FeatureMoments, decode_moments};
+use crate::table::modified_type;
 use crate::udf::features_or_error_type;
 
 /// What a features write returned, read back by the process that commits it.
@@ -28,8 +29,10 @@ pub struct WriteResult {
     pub moments: Option<Moments>,
 }
 
-/// Writes `input`, whose columns are `path`, `label` and `result` (what `featurize_or_error`
-/// returns), as Parquet files under `output`, one per partition; returns one report row per file.
+/// Writes `input`, whose columns are `path`, `label`, `size`, `modified`, `etag` (as the
+/// `images` table has them), `result` (what `featurize_or_error` returns) and `model` (what
+/// `model_fingerprint()` returns), as Parquet files under `output`, one per partition; returns
+/// one report row per file.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WriteFeatures {
     input: LogicalPlan,
@@ -46,7 +49,15 @@ impl WriteFeatures {
     pub fn try_new(input: LogicalPlan, output: impl Into<String>, run_id: &RunId) -> Result<Self> {
         let fields = input.schema().fields();
         let found = |name: &str| fields.iter().find(|f| f.name() == name).map(|f| f.data_type().clone());
-        let expected = [("path", DataType::Utf8), ("label", DataType::Utf8), ("result", features_or_error_type())];
+        let expected = [
+            ("path", DataType::Utf8),
+            ("label", DataType::Utf8),
+            ("size", DataType::UInt64),
+            ("modified", modified_type()),
+            ("etag", DataType::Utf8),
+            ("result", features_or_error_type()),
+            ("model", DataType::Utf8),
+        ];
         for (name, data_type) in expected {
             if found(name).as_ref() != Some(&data_type) {
                 return plan_err!(

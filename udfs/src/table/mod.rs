@@ -8,15 +8,17 @@
 //! custom leaf plan would not be split this way: every task would read every file.
 
 mod listing;
+mod prune;
 mod source;
+mod worklist;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
-use datafusion::common::{Statistics, plan_err};
+use datafusion::common::{Statistics, exec_datafusion_err, plan_err};
 use datafusion::datasource::TableProvider;
 use datafusion::datasource::TableType;
 use datafusion::common::ScalarValue;
@@ -25,7 +27,7 @@ use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
 use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result;
-use datafusion::logical_expr::Expr;
+use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 
 pub use listing::{ImageFile, Listing, Skipped, list_images};
@@ -37,14 +39,25 @@ use crate::location::Location;
 pub const IMAGES_TABLE: &str = "images";
 
 /// The columns read from each file: `path` (full URL of the file, as people name it), `label`
-/// (name of its parent folder, NULL for a file at the root of a bucket) and `content` (the
-/// file's bytes, NULL when it was not read).
+/// (name of its parent folder, NULL for a file at the root of a bucket), `content` (the
+/// file's bytes, NULL when it was not read), then the version the listing saw: `size`,
+/// `modified` and `etag` (NULL on a local disk). The version travels with the features, so
+/// that the next run knows which images changed.
 pub(crate) fn images_file_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
         Field::new("label", DataType::Utf8, true),
         Field::new("content", DataType::Binary, true),
+        Field::new("size", DataType::UInt64, false),
+        Field::new("modified", modified_type(), true),
+        Field::new("etag", DataType::Utf8, true),
     ]))
+}
+
+/// Type of the `modified` column: nanoseconds, so that a local file rewritten within the same
+/// second still counts as changed.
+pub(crate) fn modified_type() -> DataType {
+    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
 }
 
 /// Name of the column saying why `content` is NULL.
@@ -89,6 +102,9 @@ impl Default for ScanOptions {
 pub struct ImagesTable {
     location: ListingTableUrl,
     options: ScanOptions,
+    /// URL of a work list ([`Listing::to_parquet`]): the files to scan, instead of listing
+    /// `location` when the scan is planned.
+    worklist: Option<String>,
 }
 
 impl ImagesTable {
@@ -104,7 +120,17 @@ impl ImagesTable {
                 options.max_image_bytes
             );
         }
-        Ok(Self { location: ListingTableUrl::parse(location)?, options })
+        Ok(Self { location: ListingTableUrl::parse(location)?, options, worklist: None })
+    }
+
+    /// The same table over the files of the work list at `url` (written by whoever listed
+    /// `location`), not over a new listing.
+    pub fn with_worklist(self, url: impl Into<String>) -> Self {
+        Self { worklist: Some(url.into()), ..self }
+    }
+
+    pub fn worklist(&self) -> Option<&str> {
+        self.worklist.as_deref()
     }
 
     /// The location as a URL string (`file:///...` or `s3://...`), as it travels in plans.
@@ -154,6 +180,16 @@ impl ImagesTable {
     }
 }
 
+/// The listing in the work list at `url`.
+async fn read_worklist(url: &str, runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>) -> Result<Listing> {
+    let (folder, name) = url.rsplit_once('/').ok_or_else(|| exec_datafusion_err!("invalid work list URL {url}"))?;
+    let bytes = Location::parse(folder, runtime)?
+        .get(name)
+        .await?
+        .ok_or_else(|| exec_datafusion_err!("the work list {url} is gone (was the run stopped?)"))?;
+    Listing::from_parquet(bytes)
+}
+
 /// `123 B`, `4.5 MiB`, `2.0 GiB`: sizes in messages.
 fn bytes(n: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
@@ -179,21 +215,34 @@ impl TableProvider for ImagesTable {
         TableType::Base
     }
 
+    /// Filters on the listing's columns prune files at planning; they are applied again to
+    /// the rows (`Inexact`), so a filter's meaning never depends on the pruning.
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
+        Ok(filters
+            .iter()
+            .map(|f| if prune::prunable(f) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .collect())
+    }
+
     async fn scan(
         &self,
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
-        _filters: &[Expr],
+        filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
         let store_url = self.location.object_store();
         let folder = Location::parse(self.location.as_str(), state.runtime_env())?;
-        let listing = list_images(&folder).await?;
-        for entry in &listing.skipped {
+        let listing = match &self.worklist {
+            Some(url) => read_worklist(url, state.runtime_env()).await?,
+            None => list_images(&folder).await?,
+        };
+        // Whoever wrote a work list listed the input and warned already.
+        for entry in listing.skipped.iter().filter(|_| self.worklist.is_none()) {
             log::warn!("images: skipped {}: {}", folder.url_of(&entry.location), entry.reason);
         }
         let (images, skipped) = (listing.images.len(), listing.skipped.len());
-        let files = self.scan_files(listing);
+        let files = prune::prune(self.scan_files(listing), filters, &store_url, state)?;
         let total = files.len();
         let groups = self.file_groups(files, state.config().target_partitions());
         log::info!("images: {images} files under {} ({skipped} entries skipped) in {} partitions", self.location, groups.len());
@@ -247,6 +296,39 @@ mod tests {
         assert!(err.to_string().contains("files_per_partition"));
         let huge = ScanOptions { max_image_bytes: 2 << 30, ..Default::default() };
         assert!(ImagesTable::try_new("/tmp", huge).unwrap_err().to_string().contains("max_image_bytes"));
+    }
+
+    #[tokio::test]
+    async fn filters_on_listing_columns_prune_files_when_planning() {
+        use datafusion::datasource::physical_plan::FileScanConfig;
+        use datafusion::prelude::{SessionContext, col, lit};
+
+        let dir = tempfile::tempdir().unwrap();
+        for (label, name, bytes) in [("A", "1.jpg", 1), ("B", "1.jpg", 2), ("B", "2.jpg", 3)] {
+            std::fs::create_dir_all(dir.path().join(label)).unwrap();
+            std::fs::write(dir.path().join(label).join(name), vec![0u8; bytes]).unwrap();
+        }
+        let table = ImagesTable::try_new(&dir.path().display().to_string(), ScanOptions::default()).unwrap();
+        let state = SessionContext::new().state();
+        let scanned = |filters: Vec<Expr>| {
+            let (table, state) = (&table, &state);
+            async move {
+                let plan = table.scan(state, None, &filters, None).await.unwrap();
+                let exec = plan.downcast_ref::<DataSourceExec>().unwrap();
+                let config = exec.data_source().downcast_ref::<FileScanConfig>().unwrap();
+                config.file_groups.iter().map(FileGroup::len).sum::<usize>()
+            }
+        };
+        assert_eq!(scanned(vec![]).await, 3);
+        assert_eq!(scanned(vec![col("images.label").eq(lit("B"))]).await, 2);
+        assert_eq!(scanned(vec![col("label").eq(lit("B")), col("size").gt(lit(2u64))]).await, 1);
+        assert_eq!(scanned(vec![col("path").like(lit("%/A/%"))]).await, 1);
+        // A filter on the content cannot prune: every file is scanned, the filter runs on rows.
+        let filters = [col("content").is_null()];
+        assert!(!prune::prunable(&filters[0]));
+        assert_eq!(scanned(filters.to_vec()).await, 3);
+        let pushdown = table.supports_filters_pushdown(&[&col("label").eq(lit("B")), &filters[0]]).unwrap();
+        assert_eq!(pushdown, [TableProviderFilterPushDown::Inexact, TableProviderFilterPushDown::Unsupported]);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray};
+use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
 use datafusion::common::ScalarValue;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -37,7 +37,7 @@ use tokio::task::JoinHandle;
 use super::listing::label_of;
 use crate::location::{Naming, StoreError};
 
-/// Reads whole image files as rows of `(path, label, content)`.
+/// Reads whole image files as rows of `(path, label, content, size, modified, etag)`.
 #[derive(Clone)]
 pub(crate) struct ImageSource {
     table_schema: TableSchema,
@@ -122,7 +122,8 @@ impl FileSource for ImageSource {
 struct ImageOpener {
     prefetch: Arc<Prefetch>,
     store_url: ObjectStoreUrl,
-    /// Projected file-schema column indices: 0 path, 1 label, 2 content.
+    /// Projected file-schema column indices: 0 path, 1 label, 2 content, 3 size, 4 modified,
+    /// 5 etag.
     columns: Vec<usize>,
     schema: SchemaRef,
 }
@@ -135,6 +136,7 @@ impl FileOpener for ImageOpener {
         let location = file.object_meta.location.clone();
         let url = naming.display_url(&self.store_url, &location);
         let label = label_of(&location, &self.store_url);
+        let meta = file.object_meta.clone();
         let fetch = (columns.contains(&2) && read_error(&file).is_none()).then(|| self.prefetch.take(&location));
         Ok(async move {
             let content = match fetch {
@@ -150,7 +152,10 @@ impl FileOpener for ImageOpener {
                     match column {
                         0 => Arc::new(StringArray::from(vec![url.as_str()])),
                         1 => Arc::new(StringArray::from(vec![label.clone()])),
-                        _ => Arc::new(binary_column(content.clone())),
+                        2 => Arc::new(binary_column(content.clone())),
+                        3 => Arc::new(UInt64Array::from(vec![meta.size])),
+                        4 => Arc::new(modified_column(&meta)),
+                        _ => Arc::new(StringArray::from(vec![meta.e_tag.clone()])),
                     }
                 })
                 .collect();
@@ -167,6 +172,12 @@ fn read_error(file: &PartitionedFile) -> Option<&str> {
         Some(ScalarValue::Utf8(Some(reason))) => Some(reason),
         _ => None,
     }
+}
+
+/// A one-row `modified` column: the listed time, NULL if the store gave none it can name
+/// in nanoseconds.
+pub(crate) fn modified_column(meta: &object_store::ObjectMeta) -> TimestampNanosecondArray {
+    TimestampNanosecondArray::from(vec![meta.last_modified.timestamp_nanos_opt()]).with_timezone("UTC")
 }
 
 /// A one-row binary column over `content`'s bytes, without copying them.

@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# Benchmark: fruits at 10^5 and 10^6 images on one machine (`make bench-scale`).
+#
+# The model is a cheap real ONNX model with MobileNetV2's input and output
+# (scripts/make-scale-model.py: channel means and a fixed projection to 1280 features), so the
+# figures are what fruits itself costs: listing, planning, reading, decoding, writing,
+# committing and the PCA. The inputs are the sample linked N times over (symlinks under the
+# cache, labels kept). For each size a fresh loopback cluster (one fruits-scheduler, two
+# fruits-executors with one task slot and one inference thread each) runs one `fruits run`;
+# the script prints per-stage seconds from summary.json, the largest image-scan plan a task
+# received, every process's peak RSS (VmHWM), images/s, and the ratios between the sizes.
+#
+# Usage: scripts/bench-scale.sh INPUT [SIZE ...]      (default sizes: 100000 1000000)
+set -euo pipefail
+
+input="${1:?usage: bench-scale.sh INPUT [SIZE ...]}"
+shift
+sizes=("$@")
+[[ ${#sizes[@]} -gt 0 ]] || sizes=(100000 1000000)
+bin="${CARGO_TARGET_DIR:-target}/release"
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -x "${bin}/fruits-executor" ]] || { echo "error: ${bin}/fruits-executor not found: run make build" >&2; exit 1; }
+[[ -x /usr/bin/time ]] || { echo "error: /usr/bin/time not found (Debian package: time)" >&2; exit 1; }
+cache="${FRUITS_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/fruits}/bench-scale"
+mkdir -p "${cache}"
+
+# The cheap model, made once with the onnx package in a venv of the cache.
+model="${cache}/cheap-features.onnx"
+if [[ ! -f "${model}" ]]; then
+  [[ -x "${cache}/venv/bin/python" ]] || python3 -m venv "${cache}/venv"
+  "${cache}/venv/bin/pip" install --quiet "onnx>=1.16,<2"
+  "${cache}/venv/bin/python" "${root}/scripts/make-scale-model.py" "${model}"
+fi
+
+# Copy i of every image is `<label>/r<i>-<file>`: the labels of the sample, N files.
+for n in "${sizes[@]}"; do
+  images="${cache}/images-${n}"
+  [[ -f "${images}/.complete" ]] && continue
+  echo "linking ${n} images into ${images} ..."
+  rm -rf "${images}"
+  python3 - "${input}" "${images}" "${n}" <<'PY'
+import os, sys
+source, target, n = os.path.abspath(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+images = sorted(os.path.join(d, f) for d, _, fs in os.walk(source) for f in fs if f.lower().endswith((".jpg", ".jpeg", ".png")))
+for label in {os.path.basename(os.path.dirname(p)) for p in images}:
+    os.makedirs(os.path.join(target, label), exist_ok=True)
+for i in range(n):
+    path = images[i % len(images)]
+    os.symlink(path, os.path.join(target, os.path.basename(os.path.dirname(path)), f"r{i // len(images)}-{os.path.basename(path)}"))
+PY
+  touch "${images}/.complete"
+done
+
+work="$(mktemp -d)"
+pids=()
+stop_cluster() {
+  for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  pids=()
+}
+trap 'stop_cluster; rm -rf "${work}"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+
+for n in "${sizes[@]}"; do
+  port="$(free_port)"
+  "${bin}/fruits-scheduler" --bind-host 127.0.0.1 --external-host 127.0.0.1 --bind-port "${port}" \
+    >"${work}/scheduler-${n}.log" 2>&1 &
+  pids+=($!)
+  for i in 1 2; do
+    mkdir -p "${work}/executor-${n}-${i}"
+    RUST_LOG="${RUST_LOG:-warn,fruits_udfs=debug}" "${bin}/fruits-executor" --bind-host 127.0.0.1 --external-host 127.0.0.1 \
+      --bind-port "$(free_port)" --bind-grpc-port "$(free_port)" --bind-health-port "$(free_port)" \
+      --scheduler-host 127.0.0.1 --scheduler-port "${port}" --scheduler-connect-timeout-seconds 30 \
+      --vcores 1 --inference-threads 1 --work-dir "${work}/executor-${n}-${i}" --model "${model}" \
+      >"${work}/executor-${n}-${i}.log" 2>&1 &
+    pids+=($!)
+  done
+  python3 - "${port}" <<'PY'
+import json, sys, time, urllib.request
+deadline = time.time() + 60
+while time.time() < deadline:
+    try:
+        if len(json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/executors", timeout=2))) == 2:
+            sys.exit(0)
+    except Exception:
+        pass
+    time.sleep(0.5)
+sys.exit("the executors did not register within 60 s")
+PY
+  echo "running ${n} images ..."
+  /usr/bin/time -f '%e %M' -o "${work}/client-${n}.time" \
+    "${bin}/fruits" run --quiet --json --scheduler "df://127.0.0.1:${port}" \
+    --input "${cache}/images-${n}" --output "${work}/out-${n}" >"${work}/summary-${n}.json"
+  echo "$(peak_kb "${pids[0]}") $(peak_kb "${pids[1]}") $(peak_kb "${pids[2]}")" >"${work}/peaks-${n}"
+  stop_cluster
+  plan_bytes="$(grep -ho 'image scan plan: [0-9]* bytes' "${work}"/executor-"${n}"-*.log | awk '{print $4}' | sort -n | tail -1)"
+  echo "${plan_bytes:-0}" >"${work}/plan-${n}"
+done
+
+python3 - "${work}" "${sizes[@]}" <<'PY'
+import json, sys
+work, sizes = sys.argv[1], sys.argv[2:]
+rows = {}
+for n in sizes:
+    summary = json.loads(open(f"{work}/summary-{n}.json").read().strip().splitlines()[-1])
+    wall, client_kb = open(f"{work}/client-{n}.time").read().split()
+    scheduler_kb, *executor_kb = map(int, open(f"{work}/peaks-{n}").read().split())
+    stages = summary["stages"]
+    rows[n] = {
+        "wall s": float(wall),
+        "listing s": stages["listing"],
+        "featurize s": stages["featurize"],
+        "commit s": stages["commit"],
+        "PCA s": (summary.get("pca") or {}).get("seconds", 0.0),
+        "images/s": summary["images_per_second"],
+        "plan bytes/task": int(open(f"{work}/plan-{n}").read()),
+        "client MB": int(client_kb) / 1024,
+        "scheduler MB": scheduler_kb / 1024,
+        "executor MB": max(executor_kb) / 1024,
+    }
+print(f"{'':<18}" + "".join(f"{int(n):>14,}" for n in sizes) + ("      ratio" if len(sizes) > 1 else ""))
+for key in next(iter(rows.values())):
+    values = [rows[n][key] for n in sizes]
+    ratio = f"{values[-1] / values[0]:11.2f}" if len(sizes) > 1 and values[0] else ""
+    print(f"{key:<18}" + "".join(f"{v:14.1f}" for v in values) + ratio)
+PY
