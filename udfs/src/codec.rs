@@ -94,6 +94,10 @@ mod wire {
     pub struct ImageScanNode {
         #[prost(message, optional, tag = "1")]
         pub base_conf: Option<datafusion_proto::protobuf::FileScanExecConf>,
+        /// The ETag of every file, in file-group order ("" for none): DataFusion's own encoding
+        /// of a file drops it, and the features record it for the next incremental run.
+        #[prost(string, repeated, tag = "2")]
+        pub e_tags: Vec<String>,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -269,6 +273,26 @@ impl Default for FruitsPhysicalCodec {
 }
 
 /// The `FileScanConfig` of `plan` if it is an image scan.
+/// The files of `config`, group after group.
+fn files(config: &FileScanConfig) -> impl Iterator<Item = &datafusion::datasource::listing::PartitionedFile> {
+    config.file_groups.iter().flat_map(|group| group.files())
+}
+
+/// Puts back the ETags [`wire::ImageScanNode::e_tags`] carried.
+fn restore_e_tags(config: &mut FileScanConfig, e_tags: Vec<String>) -> Result<()> {
+    let count = files(config).count();
+    if e_tags.len() != count {
+        return Err(internal_datafusion_err!("image scan of {count} files with {} ETags", e_tags.len()));
+    }
+    let mut e_tags = e_tags.into_iter();
+    for group in &mut config.file_groups {
+        for i in 0..group.len() {
+            group[i].object_meta.e_tag = e_tags.next().filter(|tag| !tag.is_empty());
+        }
+    }
+    Ok(())
+}
+
 fn image_scan(plan: &dyn ExecutionPlan) -> Option<&FileScanConfig> {
     let exec = plan.downcast_ref::<DataSourceExec>()?;
     let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
@@ -290,7 +314,8 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
                     scan.base_conf.ok_or_else(|| internal_datafusion_err!("image scan without its FileScanConfig"))?;
                 let source = Arc::new(ImageSource::new(images_table_schema()));
                 let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
-                let config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
+                let mut config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
+                restore_e_tags(&mut config, scan.e_tags)?;
                 // What a task receives of the listing: the scale benchmark reads this.
                 let files: usize = config.file_groups.iter().map(|group| group.len()).sum();
                 log::debug!("image scan plan: {} bytes, {files} files in {} groups", buf.len(), config.file_groups.len());
@@ -319,6 +344,7 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
         let plan = if let Some(config) = image_scan(node.as_ref()) {
             wire::Plan::ImageScan(wire::ImageScanNode {
                 base_conf: Some(serialize_file_scan_config(config, self, proto_converter)?),
+                e_tags: files(config).map(|f| f.object_meta.e_tag.clone().unwrap_or_default()).collect(),
             })
         } else if let Some(sink) = node.downcast_ref::<FeaturesSinkExec>() {
             wire::Plan::FeaturesSink(wire::WriteFeaturesNode {
