@@ -71,7 +71,8 @@ fn only_holders_of_the_secret_use_the_cluster() {
     let secret = new_secret("right");
     let good = secret_file(dir.path(), "secret", &secret, 0o600);
     let wrong = secret_file(dir.path(), "wrong", &new_secret("wrong"), 0o600);
-    let cluster = Cluster::start(ClusterOptions { executors: 1, vcores: 1, env: secret_env(&good) });
+    let cluster =
+        Cluster::start(ClusterOptions { executors: 1, vcores: 1, env: secret_env(&good), executor_args: Vec::new() });
     let address = cluster.scheduler_address();
 
     // REST: refused without the bearer token or with a wrong one, saying why; the probes stay open.

@@ -9,14 +9,13 @@ use crate::support::cluster::{Cluster, ClusterOptions};
 use crate::support::garage::Garage;
 use crate::support::*;
 
-/// Garage with the sample uploaded under `Test/<Class>/...`, and a cluster using it; also
-/// returns the number of images uploaded.
-fn cluster_over_sample(executors: usize) -> (Garage, Cluster, usize) {
-    let garage = Garage::start();
+/// Garage with the sample uploaded under `Test/<Class>/...`, and a cluster using it whose
+/// executors get `executor_args`; also returns the number of images uploaded.
+fn cluster_over_sample(garage: Garage, executors: usize, executor_args: Vec<String>) -> (Garage, Cluster, usize) {
     garage.upload_dir(&sample_dir(), garage.bucket(), "Test");
     let images = garage.list(garage.bucket(), "Test").iter().filter(|(key, _)| key.ends_with(".jpg")).count();
     assert_eq!(images, SAMPLE_COUNTS.iter().map(|(_, n)| n).sum::<usize>());
-    let cluster = Cluster::start(ClusterOptions { executors, vcores: 1, env: garage.env() });
+    let cluster = Cluster::start(ClusterOptions { executors, vcores: 1, env: garage.env(), executor_args });
     (garage, cluster, images)
 }
 
@@ -72,6 +71,33 @@ fn label_counts(parquet: Bytes) -> Vec<(String, i64)> {
     rows
 }
 
+/// The `(label, predicted, unknown)` rows of a Parquet file.
+fn predictions(parquet: Bytes) -> Vec<(String, Option<String>, Option<bool>)> {
+    use datafusion::arrow::array::{Array, AsArray};
+    use datafusion::arrow::datatypes::DataType;
+    use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+    let reader = ParquetRecordBatchReaderBuilder::try_new(parquet).expect("Parquet metadata").build().expect("reader");
+    let text = |batch: &datafusion::arrow::array::RecordBatch, name: &str| {
+        datafusion::arrow::compute::cast(batch.column_by_name(name).expect(name), &DataType::Utf8).expect("text")
+    };
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.expect("Parquet batch");
+        let (labels, predicted) = (text(&batch, "label"), text(&batch, "predicted"));
+        let (labels, predicted) = (labels.as_string::<i32>(), predicted.as_string::<i32>());
+        let unknown = batch.column_by_name("unknown").expect("unknown").as_boolean();
+        rows.extend((0..batch.num_rows()).map(|i| {
+            (
+                labels.value(i).to_owned(),
+                predicted.is_valid(i).then(|| predicted.value(i).to_owned()),
+                unknown.is_valid(i).then(|| unknown.value(i)),
+            )
+        }));
+    }
+    rows
+}
+
 /// The committed features under `s3://<bucket>/<prefix>/features/`.
 fn read_committed_s3(garage: &Garage, prefix: &str) -> Committed {
     let present: HashSet<String> = garage.list(garage.bucket(), prefix).into_iter().map(|(key, _)| key).collect();
@@ -83,7 +109,14 @@ fn read_committed_s3(garage: &Garage, prefix: &str) -> Committed {
 
 #[test]
 fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
-    let (garage, cluster, images) = cluster_over_sample(2);
+    // The embedded run first: the classifier trained on its features is in S3 before the
+    // executors start with `--classifier`, which loads it once per executor.
+    let local = tempfile::tempdir().expect("temp dir");
+    let (_, classifier_dir) = train_on_sample(local.path());
+    let garage = Garage::start();
+    garage.upload_dir(&classifier_dir, garage.bucket(), "classifier");
+    let classifier = format!("s3://{}/classifier", garage.bucket());
+    let (garage, cluster, images) = cluster_over_sample(garage, 2, vec!["--classifier".into(), classifier]);
     let bucket = garage.bucket().to_owned();
     let (scheduler, input, output) =
         (cluster.scheduler_url(), format!("s3://{bucket}/Test"), format!("s3://{bucket}/out"));
@@ -111,7 +144,9 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     let json = last_json_line(&run.stdout);
     assert_eq!(json["run_id"], summary.run_id.as_str(), "--json prints the run's summary");
     assert_eq!(json["pca"]["mode"], "distributed");
-    let projections = crate::support::pca::parse_projections(garage.get(&bucket, &format!("out/pca/part-{}.parquet", summary.run_id)));
+    let projections = crate::support::pca::parse_projections(
+        garage.get(&bucket, &format!("out/pca/part-{}.parquet", summary.run_id)),
+    );
     crate::support::pca::ReferencePca::load().assert_matches(&json["pca"], &projections);
     let sample_bytes: u64 = garage.list(&bucket, "Test").iter().map(|(_, size)| size).sum();
     let client_read = summary.client_bytes_read.expect("measured on Linux");
@@ -149,12 +184,29 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
     let expected: BTreeMap<String, i64> = SAMPLE_COUNTS.iter().map(|(l, n)| (l.to_string(), *n as i64)).collect();
     assert_eq!(counts, expected);
 
+    // `predict` on the executors: every image through the classifier they loaded.
+    let query = "SELECT label, predict(content)['label'] AS predicted, predict(content)['unknown'] AS unknown \
+                 FROM images";
+    let output = format!("s3://{bucket}/predicted/");
+    let predicted = client(&garage, &["sql", "--scheduler", &scheduler, "--input", &input, "--output", &output, query])
+        .output()
+        .expect("fruits sql");
+    assert_success(&predicted);
+    let (mut predicted_rows, mut right, mut unknown) = (0, 0, 0);
+    for (key, _) in garage.list(&bucket, "predicted").iter().filter(|(k, _)| k.ends_with(".parquet")) {
+        for (label, predicted, is_unknown) in predictions(garage.get(&bucket, key)) {
+            predicted_rows += 1;
+            right += usize::from(predicted.as_deref() == Some(label.as_str()));
+            unknown += usize::from(is_unknown == Some(true));
+            assert!(predicted.is_some() && is_unknown.is_some(), "{label}: no prediction");
+        }
+    }
+    assert_eq!(predicted_rows, images);
+    assert!(right as f64 >= 0.99 * images as f64, "{right} of {images} images predicted as their folder's label");
+    assert!(unknown as f64 <= 0.1 * images as f64, "{unknown} of {images} known images rejected as unknown");
+
     // The same images on the embedded engine give the same features.
-    let local = tempfile::tempdir().expect("temp dir");
-    let (sample, out, model) =
-        (sample_dir().display().to_string(), local.path().display().to_string(), model_path().display().to_string());
-    assert_success(&fruits(&["run", "--input", &sample, "--output", &out, "--model", &model, "--quiet"]));
-    let embedded: HashMap<String, Vec<f32>> = read_committed(&local.path().join("features"))
+    let embedded: HashMap<String, Vec<f32>> = read_committed(&local.path().join("out/features"))
         .rows
         .into_iter()
         .map(|r| (label_and_file(&r.path), r.features.expect("features")))
@@ -170,7 +222,7 @@ fn job_over_s3_runs_on_both_executors_and_matches_the_embedded_engine() {
 
 #[test]
 fn a_killed_executor_loses_and_duplicates_nothing() {
-    let (garage, mut cluster, images) = cluster_over_sample(2);
+    let (garage, mut cluster, images) = cluster_over_sample(Garage::start(), 2, Vec::new());
     let bucket = garage.bucket().to_owned();
     let scheduler = cluster.scheduler_url();
     let (input, output) = (format!("s3://{bucket}/Test"), format!("s3://{bucket}/out"));
@@ -265,7 +317,8 @@ fn cluster_errors_are_clear_and_commit_nothing() {
     std::fs::create_dir_all(&pear).expect("mkdir");
     std::fs::copy(sample_dir().join("Pear/0_100.jpg"), pear.join("0_100.jpg")).expect("copy");
     garage.upload_dir(images.path(), &bucket, "Test");
-    let cluster = Cluster::start(ClusterOptions { executors: 1, vcores: 1, env: garage.env() });
+    let cluster =
+        Cluster::start(ClusterOptions { executors: 1, vcores: 1, env: garage.env(), executor_args: Vec::new() });
     let input = format!("s3://{bucket}/Test");
 
     let dead = format!("df://127.0.0.1:{}", free_port());

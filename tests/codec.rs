@@ -13,8 +13,8 @@ use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
 use fruits_udfs::{
-    Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Location, Manifest,
-    Lease, ModelConfig, ObjectStores, Parallelism, PartFile, RunId, S3Options, ScanOptions, WriteFeatures,
+    Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Lease, Location, Manifest,
+    ModelConfig, ObjectStores, Parallelism, PartFile, RunId, S3Options, ScanOptions, WriteFeatures,
 };
 
 use crate::support::{model_path, read_committed, sample_dir};
@@ -27,9 +27,12 @@ fn context() -> SessionContext {
         Arc::new(Featurizer::load(ModelConfig::new(model_path()), Parallelism::for_task_slots(2)).expect("model"));
     let runtime = ObjectStores::new(S3Options::default()).runtime_env().expect("runtime");
     let config = SessionConfig::new().with_target_partitions(4);
-    let ctx = SessionContext::new_with_state(fruits_udfs::session_state(config, runtime, &Backend::Model(featurizer)));
-    let table = ImagesTable::try_new(&sample_dir().display().to_string(), ScanOptions { files_per_partition: 100, ..ScanOptions::default() })
-        .expect("table");
+    let ctx = SessionContext::new_with_state(fruits_udfs::session_state(config, runtime, &Backend::model(featurizer)));
+    let table = ImagesTable::try_new(
+        &sample_dir().display().to_string(),
+        ScanOptions { files_per_partition: 100, ..ScanOptions::default() },
+    )
+    .expect("table");
     ctx.register_table("images", Arc::new(table)).expect("register");
     ctx
 }

@@ -10,6 +10,7 @@
 mod support;
 
 mod auth;
+mod classifier;
 mod cluster;
 mod codec;
 mod compose;

@@ -89,9 +89,10 @@ pub struct LeaveOutReport {
 }
 
 impl LeaveOutReport {
-    /// The summary of the score with the best mean AUROC.
+    /// The summary of the score with the best mean AUROC (ties: the most rejected); `None` when
+    /// no rotation had held-out rows to measure.
     pub fn best(&self) -> Option<&ScoreSummary> {
-        self.summary.first()
+        self.summary.iter().find(|s| s.mean_auroc.is_finite())
     }
 
     /// A plain-text table, one line per rotation and score, then the summary.

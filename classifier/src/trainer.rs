@@ -164,6 +164,48 @@ pub struct TrainedModel {
     pub split: ValidationSplit,
     /// The shipped score first, then [`TrainOptions::extra_scores`].
     pub scores: Vec<ScoreEvaluation>,
+    /// Every evaluated score, in the order of `scores`, with what shipping it needs: which one
+    /// is best is only known after the leave-classes-out evaluation, which runs beside training.
+    candidates: Vec<Candidate>,
+}
+
+/// An evaluated score as the model would ship it.
+#[derive(Debug, Clone)]
+struct Candidate {
+    score: UnknownScore,
+    /// Per class, the share of its validation rows under the score's threshold.
+    class_kept: Vec<Option<f64>>,
+}
+
+impl TrainedModel {
+    /// Ships the evaluated score named `name` (one of [`Self::scores`]) instead of the current
+    /// one: its prototypes and threshold go into the model, its figures into the metrics, and it
+    /// becomes `scores[0]`.
+    pub fn ship(&mut self, name: &str) -> Result<()> {
+        let Some(index) = self.scores.iter().position(|s| s.score == name) else {
+            let evaluated: Vec<&str> = self.scores.iter().map(|s| s.score.as_str()).collect();
+            return Err(ClassifierError::InvalidOption {
+                option: "score",
+                message: format!("{name} was not evaluated in this training (evaluated: {})", evaluated.join(", ")),
+            });
+        };
+        let evaluation = self.scores.remove(index);
+        let candidate = self.candidates.remove(index);
+        let mut model = self.model.clone();
+        model.score = candidate.score.clone();
+        model.unknown_threshold = evaluation.threshold;
+        model.validate()?;
+        self.model = model;
+        for (class, kept) in self.metrics.classes.iter_mut().zip(&candidate.class_kept) {
+            class.kept = *kept;
+        }
+        self.metrics.unknown.score = evaluation.score.clone();
+        self.metrics.unknown.threshold = evaluation.threshold;
+        self.metrics.unknown.kept = evaluation.kept;
+        self.scores.insert(0, evaluation);
+        self.candidates.insert(0, candidate);
+        Ok(())
+    }
 }
 
 enum Stage {
@@ -515,6 +557,17 @@ impl Trainer {
         model.unknown_threshold = scores[0].threshold;
         model.validate()?;
         let split = self.split.clone().ok_or(ClassifierError::NoRows)?;
+        let candidates: Vec<Candidate> = candidates
+            .into_iter()
+            .zip(&known)
+            .zip(&scores)
+            .map(|((score, known), evaluation)| Candidate {
+                score,
+                class_kept: (0..self.classes.len())
+                    .map(|class| class_kept(&known_classes, known, class, evaluation.threshold))
+                    .collect(),
+            })
+            .collect();
         let classes = self
             .classes
             .iter()
@@ -523,17 +576,13 @@ impl Trainer {
                 let label_split = split.labels.iter().find(|l| &l.label == label);
                 let rows = label_split.map_or(0, |l| l.rows);
                 let validation = label_split.map_or(0, |l| l.validation);
-                let mine: Vec<f32> =
-                    known_classes.iter().zip(&known[0]).filter(|(c, _)| **c as usize == i).map(|(_, &s)| s).collect();
-                let kept = (!mine.is_empty())
-                    .then(|| mine.iter().filter(|&&s| s <= model.unknown_threshold).count() as f64 / mine.len() as f64);
                 ClassMetrics {
                     label: label.clone(),
                     training_rows: rows - validation,
                     validation_rows: validation,
                     precision: confusion.precision(i),
                     recall: confusion.recall(i),
-                    kept,
+                    kept: candidates[0].class_kept[i],
                 }
             })
             .collect::<Vec<_>>();
@@ -552,7 +601,7 @@ impl Trainer {
             },
             training: summary,
         };
-        Ok(TrainedModel { model, metrics, split, scores })
+        Ok(TrainedModel { model, metrics, split, scores, candidates })
     }
 
     /// The trained model, its metrics and score evaluations, once [`Self::next_pass`] returned
@@ -580,6 +629,13 @@ impl Trainer {
             Stage::Failed => "failed",
         }
     }
+}
+
+/// Share of the known validation rows of `class` (`classes[i]` is row `i`'s) whose `scores` are
+/// at or under `threshold`; `None` when the class has no validation rows.
+fn class_kept(classes: &[u32], scores: &[f32], class: usize, threshold: f32) -> Option<f64> {
+    let mine: Vec<f32> = classes.iter().zip(scores).filter(|(c, _)| **c as usize == class).map(|(_, &s)| s).collect();
+    (!mine.is_empty()).then(|| mine.iter().filter(|&&s| s <= threshold).count() as f64 / mine.len() as f64)
 }
 
 /// Calls `f` with each row of a batch in columns (`features` holds `keys.len()` rows of `dim`
@@ -772,6 +828,31 @@ mod tests {
         }
         assert_eq!(total, 200);
         assert!(kept as f64 / total as f64 >= 0.95, "{kept} of {total}");
+    }
+
+    #[test]
+    fn ships_another_evaluated_score() {
+        let rows = clusters(4, 100, 12, 1.0, 6);
+        let mut trained = train(options(), &rows).unwrap();
+        let euclidean = trained.scores[2].clone();
+        assert_eq!(euclidean.score, "euclidean-raw-k1");
+        trained.ship("euclidean-raw-k1").unwrap();
+        assert_eq!(trained.scores[0], euclidean);
+        assert_eq!(trained.scores.len(), 3);
+        assert_eq!(trained.model.score.kind.to_string(), "euclidean-raw-k1");
+        assert_eq!(trained.model.score.prototype_count(), 4);
+        assert_eq!(trained.model.unknown_threshold, euclidean.threshold);
+        assert_eq!(
+            (trained.metrics.unknown.score.as_str(), trained.metrics.unknown.kept),
+            ("euclidean-raw-k1", euclidean.kept)
+        );
+        // The per-class kept shares are the shipped score's: together they give its kept share.
+        let kept: f64 = trained.metrics.classes.iter().map(|c| c.kept.unwrap() * c.validation_rows as f64).sum();
+        assert!((kept / trained.metrics.validation_rows as f64 - euclidean.kept).abs() < 1e-9);
+        let err = trained.ship("nearest-guess").unwrap_err();
+        assert!(err.to_string().contains("nearest-guess was not evaluated"), "{err}");
+        trained.ship("cosine-raw-k16").unwrap();
+        assert_eq!(trained.model.score.kind, ScoreKind::DEFAULT);
     }
 
     #[test]

@@ -32,7 +32,9 @@ use datafusion::prelude::SessionConfig;
 use fruits_process::auth::{self, ListenArgs, RequireSecretLayer, Secret};
 use fruits_process::logging::{self, LogSettings};
 use fruits_process::{ModelArgs, S3Args};
-use fruits_udfs::{Backend, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ObjectStores, Parallelism};
+use fruits_udfs::{
+    Backend, Classifier, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ObjectStores, Parallelism,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "fruits-executor", version, about = "Ballista executor for fruits jobs: featurizes images")]
@@ -49,6 +51,12 @@ struct Cli {
     /// Threads of each inference session (default: the cores divided among the task slots).
     #[arg(long, env = "FRUITS_INFERENCE_THREADS")]
     inference_threads: Option<NonZeroUsize>,
+
+    /// A classifier for the SQL function `predict`: a model directory written by `fruits train`
+    /// (local or s3://), trained on this model's features; loaded and checked before the
+    /// executor registers. Without it `predict` fails on this executor.
+    #[arg(long, env = "FRUITS_CLASSIFIER")]
+    classifier: Option<String>,
 
     #[command(flatten)]
     s3: S3Args,
@@ -92,9 +100,19 @@ async fn main() -> Result<()> {
         parallelism.sessions(),
         parallelism.threads_per_session()
     );
-    let backend = Backend::Model(Arc::new(featurizer));
-
     let stores = ObjectStores::new(cli.s3.options());
+    let classifier = match &cli.classifier {
+        Some(dir) => {
+            let classifier = Classifier::open(dir, &*stores.runtime_env()?, &featurizer)
+                .await
+                .context("cannot start the executor")?;
+            log::info!("classifier {} loaded: {} labels", classifier.url(), classifier.model().labels.len());
+            Some(Arc::new(classifier))
+        }
+        None => None,
+    };
+    let backend = Backend::Model { featurizer: Arc::new(featurizer), classifier };
+
     let state = fruits_udfs::session_state(SessionConfig::new(), stores.runtime_env()?, &backend);
     config.override_function_registry = Some(Arc::new(BallistaFunctionRegistry::from(&state)));
     let work_dir = config.work_dir.clone();

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use fruits_process::{ModelArgs, S3Args};
-use fruits_udfs::ScanOptions;
+use fruits_classifier::HoldOut;
+use fruits_process::{DecodeArgs, ModelArgs, S3Args};
+use fruits_udfs::{ORT_LIBRARY_ENV, ScanOptions};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Parser)]
@@ -22,8 +23,9 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub quiet: bool,
 
-    /// For scripts (`run`, `pca`): print the summary as one line of JSON on stdout instead of
-    /// the text summary; a failure prints `{"error": "..."}` there, and still exits with 1.
+    /// For scripts (`run`, `pca`, `train`): print the summary as one line of JSON on stdout
+    /// instead of the text summary (`predict`: one line per image); a failure prints
+    /// `{"error": "..."}` there, and still exits with 1.
     #[arg(long, global = true)]
     pub json: bool,
 }
@@ -42,6 +44,94 @@ pub enum Command {
     Pca(PcaCommandArgs),
     /// Copy every object under an object-store prefix (a run's output, say) to a local folder.
     Download(DownloadArgs),
+    /// Train the fruit classifier on committed features; write the model directory an app ships.
+    Train(TrainArgs),
+    /// Name the fruit in each photo with a model directory written by `fruits train`.
+    Predict(PredictArgs),
+}
+
+/// Which label sets `fruits train` leaves out to measure the unknown-fruit scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LeaveOut {
+    /// Labels 1+2, 3+4, ... (sorted): every label left out once; 5 trainings on 10 labels.
+    Pairs,
+    /// Every pair of labels: 45 trainings on 10 labels.
+    AllPairs,
+    /// No leave-classes-out evaluation.
+    None,
+}
+
+impl LeaveOut {
+    pub fn hold_out(self) -> Option<HoldOut> {
+        match self {
+            LeaveOut::Pairs => Some(HoldOut::DisjointPairs),
+            LeaveOut::AllPairs => Some(HoldOut::AllPairs),
+            LeaveOut::None => None,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// The features folder of a run (OUTPUT/features, local or s3://); read once per training pass.
+    #[arg(long)]
+    pub features: String,
+
+    /// The model directory to write, local or s3://: fruits-classifier.onnx, model.json,
+    /// head.json, metrics.json, confusion.png (files already there are replaced).
+    #[arg(long, short)]
+    pub output: String,
+
+    /// Decides the validation split and the initial prototypes: the same seed and features give
+    /// the same model.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Share of each label's rows held out for validation (and for calibrating the unknown
+    /// threshold).
+    #[arg(long, default_value_t = 0.2)]
+    pub validation_fraction: f64,
+
+    /// Which labels to leave out, one training each, to measure how well unknown fruits are rejected.
+    #[arg(long, value_enum, default_value_t = LeaveOut::Pairs)]
+    pub leave_out: LeaveOut,
+
+    /// The backbone (`--model`, the featurize model the features came from), composed with the
+    /// head into fruits-classifier.onnx.
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct PredictArgs {
+    /// The model directory written by `fruits train` (local or s3://): head.json and model.json.
+    #[arg(long = "model", value_name = "MODELDIR")]
+    pub classifier: String,
+
+    /// The backbone the classifier was trained on (the featurize model); fed as model.json says.
+    #[arg(long, env = "FRUITS_MODEL")]
+    pub backbone: PathBuf,
+
+    /// ONNX Runtime shared library (default: found next to the binary, in ../lib, or in the checkout's .runtime/).
+    #[arg(long, env = ORT_LIBRARY_ENV)]
+    pub ort_library: Option<PathBuf>,
+
+    /// Name of the backbone's feature output.
+    #[arg(long, default_value = "features")]
+    pub backbone_output: String,
+
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+
+    /// The photos: local paths or URLs (s3://bucket/photo.jpg).
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+
+    #[command(flatten)]
+    pub s3: S3Args,
 }
 
 /// Above this many rows `auto` computes the covariance distributed. Below it, memory mode holds
@@ -249,6 +339,11 @@ pub struct EngineArgs {
     /// Task slots of the embedded executor, and inference sessions (default: number of cores).
     #[arg(long, env = "FRUITS_PARALLELISM", value_parser = clap::value_parser!(u64).range(1..))]
     pub parallelism: Option<u64>,
+
+    /// The embedded engine's classifier: a model directory written by `fruits train` (local or
+    /// s3://), which the SQL function `predict` uses. On a cluster, give it to the executors.
+    #[arg(long, env = "FRUITS_CLASSIFIER")]
+    pub classifier: Option<String>,
 
     #[command(flatten)]
     pub s3: S3Args,

@@ -10,7 +10,9 @@ use ballista_core::config::BALLISTA_STANDALONE_PARALLELISM;
 use datafusion::prelude::{SessionConfig, SessionContext};
 use fruits_process::ModelArgs;
 use fruits_process::auth::{self, Secret};
-use fruits_udfs::{Backend, Featurizer, IMAGES_TABLE, ImagesTable, ObjectStores, Parallelism, ScanOptions, is_url};
+use fruits_udfs::{
+    Backend, Classifier, Featurizer, IMAGES_TABLE, ImagesTable, ObjectStores, Parallelism, ScanOptions, is_url,
+};
 use url::Url;
 
 use crate::cli::EngineArgs;
@@ -37,10 +39,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// The cluster if `--scheduler` is given, else the embedded engine (which needs the model).
+    /// The cluster if `--scheduler` is given, else the embedded engine (which needs the model,
+    /// and loads the classifier of `--classifier` if given).
     pub async fn start(engine: &EngineArgs, model: &ModelArgs) -> Result<Self> {
         let stores = ObjectStores::new(engine.s3.options());
         match &engine.scheduler {
+            Some(_) if engine.classifier.is_some() => bail!(
+                "--classifier is for the embedded engine: on a cluster, start each fruits-executor with --classifier"
+            ),
             Some(scheduler) => Self::cluster(scheduler, stores).await,
             None => {
                 let model = model.config().context(
@@ -49,17 +55,26 @@ impl Engine {
                 )?;
                 let slots = engine.slots();
                 let featurizer = Arc::new(Featurizer::load(model, Parallelism::for_task_slots(slots))?);
-                Self::standalone(featurizer, slots, stores).await
+                let classifier = match &engine.classifier {
+                    Some(dir) => Some(Arc::new(Classifier::open(dir, &*stores.runtime_env()?, &featurizer).await?)),
+                    None => None,
+                };
+                Self::standalone(featurizer, classifier, slots, stores).await
             }
         }
     }
 
     /// Starts an in-process Ballista scheduler and executor with `slots` task slots.
-    pub async fn standalone(featurizer: Arc<Featurizer>, slots: usize, stores: Arc<ObjectStores>) -> Result<Self> {
+    pub async fn standalone(
+        featurizer: Arc<Featurizer>,
+        classifier: Option<Arc<Classifier>>,
+        slots: usize,
+        stores: Arc<ObjectStores>,
+    ) -> Result<Self> {
         let config = SessionConfig::new_with_ballista()
             .with_target_partitions(slots)
             .set_usize(BALLISTA_STANDALONE_PARALLELISM, slots);
-        let backend = Backend::Model(Arc::clone(&featurizer));
+        let backend = Backend::Model { featurizer: Arc::clone(&featurizer), classifier };
         let state = fruits_udfs::session_state(config, stores.runtime_env()?, &backend);
         let ctx = SessionContext::standalone_with_state(state)
             .await

@@ -1,8 +1,9 @@
-//! `fruits`: the client. Runs the featurize job, ad-hoc SQL and the PCA on DataFusion Ballista.
+//! `fruits`: the client. Runs the featurize job, ad-hoc SQL and the PCA on DataFusion Ballista,
+//! and trains and applies the fruit classifier.
 //!
 //! Read top-down: [`cli`] holds the options, [`commands`] one pipeline per command, and the
 //! other modules the parts those pipelines are made of (the engine, the featurize job, the
-//! reader of committed features, the PCA stage, the summary, progress, transfers).
+//! reader of committed features, the PCA and training stages, the summary, progress, transfers).
 
 mod cli;
 mod commands;
@@ -13,6 +14,7 @@ mod increment;
 mod pca_stage;
 mod progress;
 mod summary;
+mod train_stage;
 mod transfer;
 
 use std::process::ExitCode;
@@ -55,7 +57,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
     let summary = match &cli.command {
         Command::Run(args) => Some(serde_json::to_value(commands::run::run(args, text, cli.quiet).await?)?),
         Command::Pca(args) => Some(commands::pca::run(args, text).await?),
-        _ if cli.json => bail!("--json is supported by `fruits run` and `fruits pca`"),
+        Command::Train(args) => Some(serde_json::to_value(commands::train::run(args, text).await?)?),
+        Command::Predict(args) => {
+            // Prints its own lines, one per image.
+            commands::predict::run(args, cli.json, cli.quiet).await?;
+            None
+        }
+        _ if cli.json => bail!("--json is supported by `fruits run`, `pca`, `train` and `predict`"),
         Command::Sql(args) => {
             commands::sql::run(args).await?;
             None

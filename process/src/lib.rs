@@ -45,6 +45,13 @@ pub struct ModelArgs {
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub batch_size: u64,
 
+    #[command(flatten)]
+    pub decode: DecodeArgs,
+}
+
+/// How much one image may cost to decode: every process that decodes photos takes these.
+#[derive(Debug, Clone, Args)]
+pub struct DecodeArgs {
     /// Largest image accepted, in pixels (width x height); a larger one fails with its reason,
     /// before any of it is decoded.
     #[arg(long, env = "FRUITS_MAX_IMAGE_PIXELS", default_value_t = DecodeLimits::DEFAULT_MAX_PIXELS,
@@ -56,6 +63,12 @@ pub struct ModelArgs {
     #[arg(long, env = "FRUITS_MAX_DECODE_MEMORY", default_value_t = DecodeLimits::DEFAULT_MAX_MEMORY,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub max_decode_memory: u64,
+}
+
+impl DecodeArgs {
+    pub fn limits(&self) -> DecodeLimits {
+        DecodeLimits { max_pixels: self.max_image_pixels, max_memory: self.max_decode_memory }
+    }
 }
 
 impl ModelArgs {
@@ -73,7 +86,7 @@ impl ModelArgs {
             scaling: self.model_scaling,
         };
         config.max_batch = self.batch_size as usize;
-        config.limits = DecodeLimits { max_pixels: self.max_image_pixels, max_memory: self.max_decode_memory };
+        config.limits = self.decode.limits();
         Some(config)
     }
 }

@@ -78,6 +78,8 @@ pub struct ClusterOptions {
     /// `NAME=value` pairs for every process (S3 endpoint and credentials; `FRUITS_SECRET_FILE`
     /// for an authenticated cluster, whose REST API [`Cluster::rest`] then calls with the secret).
     pub env: Vec<(String, String)>,
+    /// More flags for every executor (`--classifier DIR`).
+    pub executor_args: Vec<String>,
 }
 
 /// A running scheduler and its executors.
@@ -87,6 +89,8 @@ pub struct Cluster {
     pub executors: Vec<Process>,
     /// The cluster's secret, for REST calls.
     secret: Option<String>,
+    /// [`ClusterOptions::executor_args`], given to every executor this cluster starts.
+    executor_args: Vec<String>,
     _dir: TempDir,
 }
 
@@ -108,7 +112,14 @@ impl Cluster {
             options.env.iter().find(|(name, _)| name == "FRUITS_SECRET_FILE").map(|(_, path)| {
                 std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}")).trim().to_owned()
             });
-        let mut cluster = Self { scheduler_port, scheduler, executors: Vec::new(), secret, _dir: dir };
+        let mut cluster = Self {
+            scheduler_port,
+            scheduler,
+            executors: Vec::new(),
+            secret,
+            executor_args: options.executor_args.clone(),
+            _dir: dir,
+        };
         cluster.wait_until(|c| c.rest("/api/executors").is_some(), "the scheduler to answer");
 
         for i in 0..options.executors {
@@ -121,7 +132,8 @@ impl Cluster {
     }
 
     /// Starts one more `fruits-executor` for this scheduler, with `vcores` task slots and only
-    /// the variables in `env`, logging to `<name>.log`; does not wait for it to register.
+    /// the variables in `env` and the cluster's executor flags, logging to `<name>.log`; does not
+    /// wait for it to register.
     pub fn spawn_executor(&self, name: &str, vcores: usize, env: &[(String, String)]) -> Process {
         let work_dir = self._dir.path().join(name);
         std::fs::create_dir_all(&work_dir).expect("work dir");
@@ -137,6 +149,7 @@ impl Cluster {
             .args(["--inference-threads", "1"])
             .args(["--work-dir", work_dir.to_str().expect("utf-8 path")])
             .args(["--model", model_path().to_str().expect("utf-8 path")])
+            .args(&self.executor_args)
             .env_remove("FRUITS_SECRET_FILE")
             .envs(env.iter().cloned());
         let log = self._dir.path().join(format!("{name}.log"));

@@ -119,6 +119,20 @@ pub fn assert_success(output: &Output) {
     );
 }
 
+/// Featurizes the sample into `dir/out` on the embedded engine (no PCA) and trains the
+/// classifier on it into `dir/classifier`; returns `fruits train --json`'s summary and the
+/// model directory.
+pub fn train_on_sample(dir: &Path) -> (serde_json::Value, PathBuf) {
+    let (sample, out, model) =
+        (sample_dir().display().to_string(), dir.join("out").display().to_string(), model_path().display().to_string());
+    assert_success(&fruits(&["run", "--input", &sample, "--output", &out, "--model", &model, "--no-pca", "--quiet"]));
+    let (features, classifier) = (dir.join("out/features"), dir.join("classifier"));
+    let (features, classifier_arg) = (features.display().to_string(), classifier.display().to_string());
+    let train = fruits(&["train", "--features", &features, "--output", &classifier_arg, "--model", &model, "--json"]);
+    assert_success(&train);
+    (last_json_line(&train.stdout), classifier)
+}
+
 /// One row of the features Parquet files.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeatureRow {

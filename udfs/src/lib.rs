@@ -7,11 +7,13 @@
 //! The modules are private; what other crates use is re-exported here, once, so every public
 //! item has one path.
 
+mod classifier;
 mod codec;
 mod lease;
 mod location;
 mod model;
 mod moments;
+mod predict;
 mod preprocess;
 mod sink;
 mod store;
@@ -26,11 +28,13 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::execution::{SessionState, SessionStateBuilder};
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+pub use classifier::{Classifier, ClassifierLoadError, input_spec, preprocessing};
 pub use codec::{FruitsLogicalCodec, FruitsPhysicalCodec};
 pub use lease::{LEASE_FILE, LEASE_TTL, Lease, LeaseError, LeaseHolder};
 pub use location::{Location, PutNew, StoreError, UPLOAD_PART_SIZE, is_url};
-pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism};
+pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism, inference_session};
 pub use moments::{FEATURE_MOMENTS, MERGE_FEATURE_MOMENTS, decode_moments, encode_moments};
+pub use predict::{PREDICT, prediction_type};
 pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
 pub use sink::{
     CommittedFile, FeaturesDir, FileVersion, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId, WriteFeatures,
@@ -48,8 +52,8 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
         .with_ballista_physical_extension_codec(Arc::new(FruitsPhysicalCodec::default()))
 }
 
-/// Registers `featurize`, `featurize_or_error` and `model_fingerprint`, on `backend`, and the feature moments
-/// aggregates on `ctx`.
+/// Registers `featurize`, `featurize_or_error`, `model_fingerprint` and `predict`, on
+/// `backend`, and the feature moments aggregates on `ctx`.
 ///
 /// Ballista's `standalone_with_state`/`remote_with_state` rebuild the session state and drop
 /// functions registered before, so call this on the context they return as well.
@@ -58,6 +62,7 @@ pub fn register(ctx: &SessionContext, backend: &Backend) {
         ctx.register_udf(udf);
     }
     ctx.register_udf(udf::ModelFingerprint::udf(backend));
+    ctx.register_udf(predict::Predict::udf(backend));
     for udaf in moments::FeatureMoments::udafs() {
         ctx.register_udaf(udaf);
     }

@@ -17,6 +17,7 @@ use datafusion::logical_expr::{
     ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature, Volatility,
 };
 
+use crate::classifier::Classifier;
 use crate::model::Featurizer;
 
 /// Name of the function returning the feature vector (NULL for an unreadable image).
@@ -49,13 +50,38 @@ enum Output {
     FeaturesOrError,
 }
 
-/// What runs a process's `featurize` calls.
+/// What runs a process's `featurize` and `predict` calls.
 #[derive(Debug, Clone)]
 pub enum Backend {
-    /// An executor's (or the embedded engine's) loaded model.
-    Model(Arc<Featurizer>),
+    /// An executor's (or the embedded engine's) loaded model, and the classifier trained on its
+    /// features if the process was given one (`--classifier`): without it `predict` is planned
+    /// but fails to run, saying so.
+    Model { featurizer: Arc<Featurizer>, classifier: Option<Arc<Classifier>> },
     /// A client or scheduler: enough to plan a query, which then runs on the executors.
     PlanningOnly,
+}
+
+impl Backend {
+    /// A loaded model without a classifier.
+    pub fn model(featurizer: Arc<Featurizer>) -> Self {
+        Backend::Model { featurizer, classifier: None }
+    }
+
+    /// True when both run on the very same loaded model and classifier.
+    pub(crate) fn same_as(&self, other: &Backend) -> bool {
+        match (self, other) {
+            (Backend::Model { featurizer: a, classifier: x }, Backend::Model { featurizer: b, classifier: y }) => {
+                Arc::ptr_eq(a, b)
+                    && match (x, y) {
+                        (Some(x), Some(y)) => Arc::ptr_eq(x, y),
+                        (None, None) => true,
+                        _ => false,
+                    }
+            }
+            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
+            _ => false,
+        }
+    }
 }
 
 /// The scalar UDF behind both functions.
@@ -73,7 +99,8 @@ impl Featurize {
         let mut signatures: Vec<TypeSignature> = binary.iter().map(|t| TypeSignature::Exact(vec![t.clone()])).collect();
         if output == Output::FeaturesOrError {
             for content in &binary {
-                signatures.extend(text.iter().map(|reason| TypeSignature::Exact(vec![content.clone(), reason.clone()])));
+                signatures
+                    .extend(text.iter().map(|reason| TypeSignature::Exact(vec![content.clone(), reason.clone()])));
             }
         }
         let signature = Signature::one_of(signatures, Volatility::Immutable);
@@ -91,12 +118,7 @@ impl Featurize {
 
 impl PartialEq for Featurize {
     fn eq(&self, other: &Self) -> bool {
-        let same_backend = match (&self.backend, &other.backend) {
-            (Backend::Model(a), Backend::Model(b)) => Arc::ptr_eq(a, b),
-            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
-            _ => false,
-        };
-        self.output == other.output && same_backend
+        self.output == other.output && self.backend.same_as(&other.backend)
     }
 }
 
@@ -133,10 +155,15 @@ impl ScalarUDFImpl for Featurize {
             [content, reason] if self.output == Output::FeaturesOrError => {
                 (content, Some(cast(&reason.to_array(args.number_rows)?, &DataType::Utf8)?))
             }
-            _ => return exec_err!("{} takes the image bytes (and, for {FEATURIZE_OR_ERROR}, why they are missing)", self.name()),
+            _ => {
+                return exec_err!(
+                    "{} takes the image bytes (and, for {FEATURIZE_OR_ERROR}, why they are missing)",
+                    self.name()
+                );
+            }
         };
         let reasons = reasons.as_ref().map(|r| r.as_string::<i32>());
-        let Backend::Model(featurizer) = &self.backend else {
+        let Backend::Model { featurizer, .. } = &self.backend else {
             return exec_err!(
                 "{} runs on executors, which load the model; this process (a client or scheduler) has none",
                 self.name()

@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod download;
 pub mod pca;
+pub mod predict;
 pub mod run;
 pub mod sql;
+pub mod train;
 pub mod upload;

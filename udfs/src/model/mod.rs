@@ -103,6 +103,23 @@ impl Parallelism {
     }
 }
 
+/// A session on the ONNX model `bytes` (a composed classifier, say) with `threads` threads, on
+/// the process's one ONNX Runtime environment (which this loads first if no [`Featurizer`]
+/// has), for callers that run a model of their own rather than featurize.
+pub fn inference_session(
+    bytes: &[u8],
+    ort_library: Option<&std::path::Path>,
+    threads: NonZeroUsize,
+) -> Result<Session, ModelError> {
+    let library = locate_library(ort_library)?;
+    let environment = runtime::environment(&library)?;
+    Session::builder(environment)
+        .and_then(|b| b.with_optimization_level(GraphOptimizationLevel::Level3).map_err(Into::into))
+        .and_then(|b| b.with_intra_threads(threads.get()).map_err(Into::into))
+        .and_then(|mut b| b.commit_from_memory(bytes))
+        .map_err(|e| ModelError::ModelLoad { path: PathBuf::from("<in memory>"), message: e.to_string() })
+}
+
 /// A loaded model: validated against its [`ModelConfig`], ready to featurize image bytes.
 pub struct Featurizer {
     config: ModelConfig,
