@@ -230,11 +230,7 @@ impl ModelFingerprint {
 
 impl PartialEq for ModelFingerprint {
     fn eq(&self, other: &Self) -> bool {
-        match (&self.backend, &other.backend) {
-            (Backend::Model(a), Backend::Model(b)) => Arc::ptr_eq(a, b),
-            (Backend::PlanningOnly, Backend::PlanningOnly) => true,
-            _ => false,
-        }
+        self.backend.same_as(&other.backend)
     }
 }
 
@@ -261,7 +257,7 @@ impl ScalarUDFImpl for ModelFingerprint {
 
     fn invoke_with_args(&self, _args: ScalarFunctionArgs) -> Result<ColumnarValue> {
         match &self.backend {
-            Backend::Model(featurizer) => {
+            Backend::Model { featurizer, .. } => {
                 Ok(ColumnarValue::Scalar(ScalarValue::Utf8(Some(featurizer.fingerprint().to_owned()))))
             }
             Backend::PlanningOnly => {
