@@ -196,6 +196,8 @@ mod tests {
     #[test]
     fn new_changed_deleted_and_unchanged_images_are_told_apart() {
         let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
+        let memory = url::Url::parse("memory://").unwrap();
+        runtime.register_object_store(&memory, std::sync::Arc::new(object_store::memory::InMemory::new()));
         let input = Location::parse("memory:///in/", &runtime).unwrap();
         let url = |p: &str| format!("memory:///in/{p}");
         let previous = Manifest::of_files(
