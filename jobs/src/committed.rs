@@ -2,7 +2,8 @@
 //! it lists. A committed run is opened from the `_SUCCESS` manifest; a run that has just
 //! written its files is read through the manifest it is about to commit (so that its PCA is
 //! ready before the commit). The client reads them with a local DataFusion session on its own
-//! object stores, without a round trip through the cluster.
+//! object stores, without a round trip through the cluster, except where the engine's
+//! executors should do the reading (see [`FeatureFiles::engine_frame`]).
 
 use anyhow::{Context, Result, bail, ensure};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
@@ -48,6 +49,12 @@ impl FeatureFiles {
     /// Every committed row, as a frame of a local session on `ctx`'s object stores.
     pub async fn frame(&self, ctx: &SessionContext) -> Result<DataFrame> {
         read_parquet(ctx, self.file_urls()).await
+    }
+
+    /// Every committed row, as a frame of `ctx` itself: on a cluster's session the executors
+    /// read the files, and only what the query returns reaches this process.
+    pub async fn engine_frame(&self, ctx: &SessionContext) -> Result<DataFrame> {
+        Ok(ctx.read_parquet(self.file_urls(), ParquetReadOptions::default()).await?)
     }
 
     /// The committed rows as [`Block`]s, streamed: at most a batch of features in memory.

@@ -10,21 +10,27 @@
 //!   the features fit comfortably: 50,000 rows are 256 MB of f32.
 //! - `distributed`: the engine aggregates the moments (count, mean, scatter) with
 //!   `feature_moments`; in `fruits run` the executors do it while they write the features, so
-//!   nothing is read twice. This process only takes the `d x d` eigen-decomposition, then
-//!   streams the features once, a batch at a time, for the projections. Its memory does not
-//!   grow with the number of rows beyond the projections themselves (`k` floats per row).
+//!   nothing is read twice. This process only takes the `d x d` eigen-decomposition.
+//!
+//! Either way the projections are then computed by the engine with `pca_project` (on a cluster,
+//! by the executors, next to the features) and stream back, `k` numbers per row, into the
+//! projections file; this process keeps two coordinates and a label per row for the plot.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use std::collections::HashSet;
+
 use anyhow::{Context, Result, bail, ensure};
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::take;
+use datafusion::arrow::datatypes::{DataType, Field, Float64Type, Schema, SchemaRef};
+use datafusion::common::ScalarValue;
 use datafusion::execution::FunctionRegistry;
-use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::prelude::{SessionContext, col};
+use datafusion::parquet::arrow::AsyncArrowWriter;
+use datafusion::prelude::{SessionContext, cast, col, lit};
 use fruits_pca::{FeatureMatrix, Moments, Pca, scatter_png, with_text_chunk};
-use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, RunId, decode_moments};
+use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, PCA_PROJECT, RunId, decode_moments};
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -35,13 +41,13 @@ use crate::summary::PcaSummary;
 /// Size of `pca.png`, in pixels: readable on a laptop screen and in a report.
 const PLOT_SIZE: (u32, u32) = (1200, 900);
 
-/// Every row with features, and its coordinates on the components.
+/// What the plot needs of the projected rows: two coordinates and a label each, the labels
+/// shared, so that a million rows cost a few tens of MB.
 #[derive(Default)]
 struct Projected {
-    paths: Vec<String>,
-    labels: Vec<String>,
-    /// `k` values per row.
-    values: Vec<f64>,
+    points: Vec<[f64; 2]>,
+    labels: Vec<Arc<str>>,
+    names: HashSet<Arc<str>>,
     without_features: u64,
 }
 
@@ -65,6 +71,10 @@ fn projections_file(run_id: &str) -> String {
 
 /// Fits a PCA on `features` and writes its projections into `output`. `moments`, when the
 /// featurize job already aggregated them, make it distributed.
+///
+/// The projections are computed where `ctx` runs its queries (a cluster's executors, for
+/// `fruits run` on one) with `pca_project`, and stream back as `k` numbers per row into the
+/// projections file: whatever the mode, this process never holds more than a batch of them.
 pub async fn fit(
     ctx: &SessionContext,
     features: &FeatureFiles,
@@ -75,55 +85,25 @@ pub async fn fit(
     let started = Instant::now();
     let manifest = &features.manifest;
     let mode = if moments.is_some() { PcaMode::Distributed } else { options.mode.resolve(manifest.rows) };
-
-    let (pca, projected) = match mode {
+    let pca = match mode {
         PcaMode::Distributed => {
             let moments = match moments {
                 Some(moments) => moments,
                 None => aggregate_moments(ctx, features).await?,
             };
             check_moments(&moments, manifest)?;
-            let pca = Pca::from_moments(&moments, options.k).context("PCA failed")?;
-            let mut projected = Projected::default();
-            let mut blocks = std::pin::pin!(features.blocks(ctx).await?);
-            while let Some(block) = blocks.try_next().await? {
-                let values = if block.values.is_empty() {
-                    Vec::new()
-                } else {
-                    pca.project(FeatureMatrix::new(&block.values, block.dim)?)?
-                };
-                projected.extend(block, values);
-            }
-            (pca, projected)
+            Pca::from_moments(&moments, options.k).context("PCA failed")?
         }
-        PcaMode::Memory | PcaMode::Auto => {
-            let mut all = Projected::default();
-            let (mut values, mut dim) = (Vec::new(), 0);
-            let mut blocks = std::pin::pin!(features.blocks(ctx).await?);
-            while let Some(mut block) = blocks.try_next().await? {
-                if dim == 0 {
-                    dim = block.dim;
-                }
-                ensure!(block.dim == dim || block.values.is_empty(), "features of {} values after {dim}", block.dim);
-                values.append(&mut block.values);
-                all.extend(block, Vec::new());
-            }
-            ensure!(dim > 0, "no row of {} has features: nothing to fit", features.folder.url());
-            let matrix = FeatureMatrix::new(&values, dim)?;
-            let pca = Pca::fit(matrix, options.k).context("PCA failed")?;
-            all.values = pca.project(matrix)?;
-            (pca, all)
-        }
+        PcaMode::Memory | PcaMode::Auto => fit_in_memory(ctx, features, options.k).await?,
     };
     let k = pca.n_components();
 
     let projections = projections_file(&manifest.run_id);
-    output.put(&projections, projections_parquet(&projected, k)?).await?;
+    let projected = write_projections(ctx, features, &pca, output, &projections).await?;
     let mut files_written = vec![projections];
     let plot = if k >= 2 {
-        let points: Vec<[f64; 2]> = projected.values.chunks(k).map(|p| [p[0], p[1]]).collect();
         let ratio = pca.explained_variance_ratio();
-        let png = scatter_png(&points, &projected.labels, [ratio[0], ratio[1]], PLOT_SIZE.0, PLOT_SIZE.1)?;
+        let png = scatter_png(&projected.points, &projected.labels, [ratio[0], ratio[1]], PLOT_SIZE.0, PLOT_SIZE.1)?;
         files_written.push(PLOT_FILE.to_owned());
         Some(with_text_chunk(&png, "fruits:run", &manifest.run_id)?)
     } else {
@@ -144,6 +124,59 @@ pub async fn fit(
         seconds: started.elapsed().as_secs_f64(),
     };
     Ok(PcaOutput { summary, plot, csv: options.csv })
+}
+
+/// Every feature vector read into this process and fitted here.
+async fn fit_in_memory(ctx: &SessionContext, features: &FeatureFiles, k: usize) -> Result<Pca> {
+    let (mut values, mut dim) = (Vec::new(), 0);
+    let mut blocks = std::pin::pin!(features.blocks(ctx).await?);
+    while let Some(mut block) = blocks.try_next().await? {
+        if dim == 0 {
+            dim = block.dim;
+        }
+        ensure!(block.dim == dim || block.values.is_empty(), "features of {} values after {dim}", block.dim);
+        values.append(&mut block.values);
+    }
+    ensure!(dim > 0, "no row of {} has features: nothing to fit", features.folder.url());
+    Pca::fit(FeatureMatrix::new(&values, dim)?, k).context("PCA failed")
+}
+
+/// Projects every committed row with `pca_project` on `ctx`'s engine and streams the result into
+/// `output/name` (`path`, `label`, `pc1` .. `pck`, one row per row with features).
+async fn write_projections(
+    ctx: &SessionContext,
+    features: &FeatureFiles,
+    pca: &Pca,
+    output: &Location,
+    name: &str,
+) -> Result<Projected> {
+    let k = pca.n_components();
+    let projection = ScalarValue::Binary(Some(pca.projection().to_bytes()));
+    let coordinates = ctx.udf(PCA_PROJECT)?.call(vec![col("features"), lit(projection)]).alias("pc");
+    let mut stream = features
+        .engine_frame(ctx)
+        .await?
+        .select(vec![cast(col("path"), DataType::Utf8), cast(col("label"), DataType::Utf8), coordinates])?
+        .execute_stream()
+        .await
+        .context("cannot start projecting the features on the components")?;
+
+    let schema = projections_schema(k);
+    let mut writer = AsyncArrowWriter::try_new(output.upload(name), Arc::clone(&schema), None)?;
+    let mut projected = Projected::default();
+    while let Some(batch) = stream.try_next().await.context("cannot project the features on the components")? {
+        let batch = projected.add(&batch, &schema)?;
+        writer.write(&batch).await?;
+    }
+    writer.close().await.with_context(|| format!("cannot write {}", output.child_url(name)))?;
+    Ok(projected)
+}
+
+/// `path`, `label`, `pc1` .. `pck`.
+fn projections_schema(k: usize) -> SchemaRef {
+    let mut fields = vec![Field::new("path", DataType::Utf8, false), Field::new("label", DataType::Utf8, false)];
+    fields.extend((1..=k).map(|i| Field::new(format!("pc{i}"), DataType::Float64, false)));
+    Arc::new(Schema::new(fields))
 }
 
 impl PcaOutput {
@@ -168,22 +201,63 @@ pub async fn remove_leftovers(output: &Location, run_id: &str) -> Result<Vec<Str
     let mut removed = Vec::new();
     for object in folder.list().await? {
         let Some(name) = folder.relative_name(&object.location) else { continue };
-        let run = name.strip_prefix("part-").and_then(|n| n.strip_suffix(".parquet"));
-        let ours = run.is_some_and(|run| run == "00000" || RunId::parse(run).is_some());
-        if ours && format!("{PROJECTIONS_DIR}{name}") != keep {
+        let name = format!("{PROJECTIONS_DIR}{name}");
+        if is_projections_file(&name) && name != keep {
             folder.delete_path(&object.location).await?;
-            removed.push(format!("{PROJECTIONS_DIR}{name}"));
+            removed.push(name);
         }
     }
     Ok(removed)
 }
 
+/// Whether `name` (relative to the output folder) is a projections file fruits wrote: a run's,
+/// or the `part-00000.parquet` of fruits before run-named projections.
+pub fn is_projections_file(name: &str) -> bool {
+    let run = name.strip_prefix(PROJECTIONS_DIR).and_then(|n| n.strip_prefix("part-")).and_then(|n| n.strip_suffix(".parquet"));
+    run.is_some_and(|run| run == "00000" || RunId::parse(run).is_some())
+}
+
 impl Projected {
-    fn extend(&mut self, block: Block, values: Vec<f64>) {
-        self.paths.extend(block.paths);
-        self.labels.extend(block.labels);
-        self.values.extend(values);
-        self.without_features += block.without_features;
+    /// Takes the plot's share of a batch of `path`, `label`, `pc` (NULL for a row without
+    /// features) and returns the batch's rows with features in the projections file's `schema`.
+    fn add(&mut self, batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
+        let (paths, labels) = (batch.column(0).as_string::<i32>(), batch.column(1).as_string::<i32>());
+        let coordinates = batch.column(2).as_list_opt::<i32>().context("pca_project returned no list")?;
+        let k = schema.fields().len() - 2;
+        let rows: Vec<u32> = (0..batch.num_rows()).filter(|&row| coordinates.is_valid(row)).map(|r| r as u32).collect();
+        self.without_features += (batch.num_rows() - rows.len()) as u64;
+        // A missing label is an empty one, as everywhere features are read.
+        let label = |row: usize| if labels.is_valid(row) { labels.value(row) } else { "" };
+        let mut columns = vec![Vec::with_capacity(rows.len()); k];
+        for &row in &rows {
+            let point = coordinates.value(row as usize);
+            let point = point.as_primitive_opt::<Float64Type>().context("pca_project returned no float64")?;
+            ensure!(point.len() == k, "pca_project returned {} coordinates, not {k}", point.len());
+            for (column, value) in columns.iter_mut().zip(point.values()) {
+                column.push(*value);
+            }
+            if k >= 2 {
+                self.points.push([point.value(0), point.value(1)]);
+                let shared = self.shared(label(row as usize));
+                self.labels.push(shared);
+            }
+        }
+        let mut arrays: Vec<ArrayRef> = vec![
+            take(paths, &UInt32Array::from(rows.clone()), None)?,
+            Arc::new(StringArray::from_iter_values(rows.iter().map(|&row| label(row as usize)))),
+        ];
+        arrays.extend(columns.into_iter().map(|c| Arc::new(Float64Array::from(c)) as ArrayRef));
+        Ok(RecordBatch::try_new(Arc::clone(schema), arrays)?)
+    }
+
+    /// `label`, allocated once for all its rows.
+    fn shared(&mut self, label: &str) -> Arc<str> {
+        if let Some(shared) = self.names.get(label) {
+            return Arc::clone(shared);
+        }
+        let shared: Arc<str> = Arc::from(label);
+        self.names.insert(Arc::clone(&shared));
+        shared
     }
 }
 
@@ -213,25 +287,6 @@ fn check_moments(moments: &Moments, manifest: &Manifest) -> Result<()> {
         moments.n_samples()
     );
     Ok(())
-}
-
-/// `path`, `label`, `pc1` .. `pck` as one Parquet file.
-fn projections_parquet(projected: &Projected, k: usize) -> Result<Vec<u8>> {
-    let mut fields = vec![Field::new("path", DataType::Utf8, false), Field::new("label", DataType::Utf8, false)];
-    fields.extend((1..=k).map(|i| Field::new(format!("pc{i}"), DataType::Float64, false)));
-    let mut columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from_iter_values(&projected.paths)),
-        Arc::new(StringArray::from_iter_values(&projected.labels)),
-    ];
-    columns.extend(
-        (0..k).map(|c| Arc::new(Float64Array::from_iter_values(projected.values.chunks(k).map(|p| p[c]))) as ArrayRef),
-    );
-    let batch = RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)?;
-    let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, batch.schema(), None)?;
-    writer.write(&batch)?;
-    writer.close()?;
-    Ok(buffer)
 }
 
 /// `path,label,f0,...` with one row per featurized image, as the reference pipeline wrote it;

@@ -11,12 +11,14 @@
 mod moments;
 mod pca;
 mod plot;
+mod projection;
 #[cfg(test)]
 mod reference_tests;
 
 pub use moments::Moments;
 pub use pca::Pca;
 pub use plot::{label_colour, scatter_png, with_text_chunk};
+pub use projection::Projection;
 
 /// Everything that can go wrong, phrased for the person who has to fix the input.
 #[derive(Debug, thiserror::Error, PartialEq)]

@@ -1,20 +1,17 @@
 use faer::linalg::matmul::matmul;
-use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
-use rayon::prelude::*;
+use faer::{Accum, Mat, MatRef, Par, Side};
 use smartcore::linalg::basic::arrays::Array;
 use smartcore::linalg::basic::matrix::DenseMatrix;
 use smartcore::linalg::traits::evd::EVDDecomposable;
 
-use crate::{BLOCK_ROWS, FeatureMatrix, Moments, PcaError};
+use crate::{FeatureMatrix, Moments, PcaError, Projection};
 
 /// A fitted principal component analysis: the `k` leading eigenvectors of the sample covariance
 /// matrix, as scikit-learn's `PCA` reports them (same scaling, same signs), so numbers and plots
 /// can be compared with it directly.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Pca {
-    mean: Vec<f64>,
-    /// `k x d`, row-major, orthonormal rows.
-    components: Vec<f64>,
+    projection: Projection,
     explained_variance: Vec<f64>,
     explained_variance_ratio: Vec<f64>,
     total_variance: f64,
@@ -64,8 +61,7 @@ impl Pca {
         let explained_variance: Vec<f64> = values.iter().map(|v| v.max(0.0)).collect();
         let explained_variance_ratio = explained_variance.iter().map(|v| v / total_variance).collect();
         Ok(Self {
-            mean: moments.mean().to_vec(),
-            components,
+            projection: Projection::new(moments.mean().to_vec(), components),
             explained_variance,
             explained_variance_ratio,
             total_variance,
@@ -75,24 +71,12 @@ impl Pca {
 
     /// Coordinates of `rows` on the components: `k` values per row, row-major.
     pub fn project(&self, rows: FeatureMatrix<'_>) -> Result<Vec<f64>, PcaError> {
-        let (dim, k) = (self.dim(), self.n_components());
-        if rows.dim() != dim {
-            return Err(PcaError::DimensionMismatch { expected: dim, got: rows.dim() });
-        }
-        rows.check_finite()?;
-        let components = MatRef::from_row_major_slice(&self.components, k, dim);
-        let mut out = vec![0.0; rows.rows() * k];
-        let blocks: Vec<FeatureMatrix<'_>> = rows.blocks(BLOCK_ROWS).collect();
-        out.par_chunks_mut(BLOCK_ROWS * k).zip(&blocks).for_each_init(Vec::new, |block, (out, rows)| {
-            block.clear();
-            for row in rows.values().chunks_exact(dim) {
-                block.extend(row.iter().zip(&self.mean).map(|(&x, mu)| f64::from(x) - mu));
-            }
-            let centred = MatRef::from_row_major_slice(block, rows.rows(), dim);
-            let out = MatMut::from_row_major_slice_mut(out, rows.rows(), k);
-            matmul(out, Accum::Replace, centred, components.transpose(), 1.0, Par::Seq);
-        });
-        Ok(out)
+        self.projection.project(rows)
+    }
+
+    /// What projecting rows takes, for a process that did not fit the PCA.
+    pub fn projection(&self) -> &Projection {
+        &self.projection
     }
 
     pub fn n_components(&self) -> usize {
@@ -100,7 +84,7 @@ impl Pca {
     }
 
     pub fn dim(&self) -> usize {
-        self.mean.len()
+        self.projection.dim()
     }
 
     pub fn n_samples(&self) -> u64 {
@@ -108,12 +92,12 @@ impl Pca {
     }
 
     pub fn mean(&self) -> &[f64] {
-        &self.mean
+        self.projection.mean()
     }
 
     /// Component `i` (0-based: PC1 is 0), a unit vector of `dim` values.
     pub fn component(&self, i: usize) -> Option<&[f64]> {
-        self.components.chunks_exact(self.dim()).nth(i)
+        self.projection.component(i)
     }
 
     /// Variance of the data along each component (eigenvalues of the covariance, divisor `n - 1`).

@@ -15,6 +15,7 @@ mod model;
 mod moments;
 mod predict;
 mod preprocess;
+mod projection;
 mod sink;
 mod store;
 mod table;
@@ -35,6 +36,7 @@ pub use location::{Location, PutNew, StoreError, UPLOAD_PART_SIZE, is_url};
 pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism, inference_session};
 pub use moments::{FEATURE_MOMENTS, MERGE_FEATURE_MOMENTS, decode_moments, encode_moments};
 pub use predict::{PREDICT, prediction_type};
+pub use projection::{PCA_PROJECT, coordinates_type};
 pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
 pub use sink::{
     CommittedFile, FeaturesDir, FileVersion, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId, WriteFeatures,
@@ -53,7 +55,7 @@ pub fn with_codecs(config: SessionConfig) -> SessionConfig {
 }
 
 /// Registers `featurize`, `featurize_or_error`, `model_fingerprint` and `predict`, on
-/// `backend`, and the feature moments aggregates on `ctx`.
+/// `backend`, and `pca_project` and the feature moments aggregates on `ctx`.
 ///
 /// Ballista's `standalone_with_state`/`remote_with_state` rebuild the session state and drop
 /// functions registered before, so call this on the context they return as well.
@@ -63,6 +65,7 @@ pub fn register(ctx: &SessionContext, backend: &Backend) {
     }
     ctx.register_udf(udf::ModelFingerprint::udf(backend));
     ctx.register_udf(predict::Predict::udf(backend));
+    ctx.register_udf(projection::PcaProject::udf());
     for udaf in moments::FeatureMoments::udafs() {
         ctx.register_udaf(udaf);
     }
