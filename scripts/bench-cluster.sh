@@ -13,30 +13,13 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 cores="$(nproc)"
 per_executor=$(( cores / 2 > 0 ? cores / 2 : 1 ))
 work="$(mktemp -d)"
-pids=()
-cleanup() {
-  for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "${work}"
-}
-trap cleanup EXIT
+# shellcheck source=loopback-cluster.sh
+source "$(dirname "${BASH_SOURCE[0]}")/loopback-cluster.sh"
+trap 'stop_cluster; rm -rf "${work}"' EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 rate() { python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%.1f %d %.1f" % (s["images_per_second"], s["rows_in"], s["seconds"]))' "$1"; }
 
-scheduler_port="$(free_port)"
-"${bin}/fruits-scheduler" --bind-host 127.0.0.1 --external-host 127.0.0.1 --bind-port "${scheduler_port}" \
-  >"${work}/scheduler.log" 2>&1 &
-pids+=($!)
-for i in 1 2; do
-  mkdir -p "${work}/executor-${i}"
-  "${bin}/fruits-executor" --bind-host 127.0.0.1 --external-host 127.0.0.1 \
-    --bind-port "$(free_port)" --bind-grpc-port "$(free_port)" --bind-health-port "$(free_port)" \
-    --scheduler-host 127.0.0.1 --scheduler-port "${scheduler_port}" --scheduler-connect-timeout-seconds 30 \
-    --vcores "${per_executor}" --inference-threads 1 --work-dir "${work}/executor-${i}" --model "${model}" \
-    >"${work}/executor-${i}.log" 2>&1 &
-  pids+=($!)
-done
+start_cluster "${model}" "${per_executor}" "${work}"
 
 echo "fruits cluster bench: ${cores} cores; embedded with ${cores} task slots, cluster of 2 executors x ${per_executor}"
 "${bin}/fruits" run --quiet --input "${input}" --output "${work}/embedded" --model "${model}" --parallelism "${cores}"

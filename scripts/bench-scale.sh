@@ -8,7 +8,9 @@
 # cache, labels kept). For each size a fresh loopback cluster (one fruits-scheduler, two
 # fruits-executors with one task slot and one inference thread each) runs one `fruits run`;
 # the script prints per-stage seconds from summary.json, the largest image-scan plan a task
-# received, every process's peak RSS (VmHWM), images/s, and the ratios between the sizes.
+# received, every process's peak RSS (VmHWM), images/s, and the ratios between the sizes. The PCA
+# is distributed at every size (`auto` would fit 10^5 rows in the client's memory and 10^6 not),
+# so that the sizes compare the same work.
 #
 # Usage: scripts/bench-scale.sh INPUT [SIZE ...]      (default sizes: 100000 1000000)
 set -euo pipefail
@@ -52,49 +54,21 @@ PY
 done
 
 work="$(mktemp -d)"
-pids=()
-stop_cluster() {
-  for pid in "${pids[@]}"; do kill "${pid}" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  pids=()
-}
+# shellcheck source=loopback-cluster.sh
+source "${root}/scripts/loopback-cluster.sh"
 trap 'stop_cluster; rm -rf "${work}"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 for n in "${sizes[@]}"; do
-  port="$(free_port)"
-  "${bin}/fruits-scheduler" --bind-host 127.0.0.1 --external-host 127.0.0.1 --bind-port "${port}" \
-    >"${work}/scheduler-${n}.log" 2>&1 &
-  pids+=($!)
-  for i in 1 2; do
-    mkdir -p "${work}/executor-${n}-${i}"
-    RUST_LOG="${RUST_LOG:-warn,fruits_udfs=debug}" "${bin}/fruits-executor" --bind-host 127.0.0.1 --external-host 127.0.0.1 \
-      --bind-port "$(free_port)" --bind-grpc-port "$(free_port)" --bind-health-port "$(free_port)" \
-      --scheduler-host 127.0.0.1 --scheduler-port "${port}" --scheduler-connect-timeout-seconds 30 \
-      --vcores 1 --inference-threads 1 --work-dir "${work}/executor-${n}-${i}" --model "${model}" \
-      >"${work}/executor-${n}-${i}.log" 2>&1 &
-    pids+=($!)
-  done
-  python3 - "${port}" <<'PY'
-import json, sys, time, urllib.request
-deadline = time.time() + 60
-while time.time() < deadline:
-    try:
-        if len(json.load(urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/api/executors", timeout=2))) == 2:
-            sys.exit(0)
-    except Exception:
-        pass
-    time.sleep(0.5)
-sys.exit("the executors did not register within 60 s")
-PY
+  mkdir -p "${work}/cluster-${n}"
+  RUST_LOG="${RUST_LOG:-warn,fruits_udfs=debug}" start_cluster "${model}" 1 "${work}/cluster-${n}"
   echo "running ${n} images ..."
   /usr/bin/time -f '%e %M' -o "${work}/client-${n}.time" \
-    "${bin}/fruits" run --quiet --json --scheduler "df://127.0.0.1:${port}" \
+    "${bin}/fruits" run --quiet --json --pca-mode distributed --scheduler "df://127.0.0.1:${scheduler_port}" \
     --input "${cache}/images-${n}" --output "${work}/out-${n}" >"${work}/summary-${n}.json"
-  echo "$(peak_kb "${pids[0]}") $(peak_kb "${pids[1]}") $(peak_kb "${pids[2]}")" >"${work}/peaks-${n}"
+  echo "$(peak_kb "${cluster_pids[0]}") $(peak_kb "${cluster_pids[1]}") $(peak_kb "${cluster_pids[2]}")" >"${work}/peaks-${n}"
   stop_cluster
-  plan_bytes="$(grep -ho 'image scan plan: [0-9]* bytes' "${work}"/executor-"${n}"-*.log | awk '{print $4}' | sort -n | tail -1)"
+  plan_bytes="$(grep -ho 'image scan plan: [0-9]* bytes' "${work}/cluster-${n}"/executor-*.log | awk '{print $4}' | sort -n | tail -1)"
   echo "${plan_bytes:-0}" >"${work}/plan-${n}"
 done
 

@@ -16,6 +16,7 @@ use fruits_udfs::{
 use url::Url;
 
 use crate::cli::EngineArgs;
+use crate::scheduler_api::SchedulerApi;
 
 /// Ballista's default scheduler port.
 const DEFAULT_SCHEDULER_PORT: u16 = 50050;
@@ -24,10 +25,9 @@ const DEFAULT_SCHEDULER_PORT: u16 = 50050;
 pub enum Mode {
     /// In this process, with the model loaded here.
     Embedded { featurizer: Arc<Featurizer>, slots: usize },
-    /// On the executors of the cluster behind `scheduler` (as given; `address` is its
-    /// `HOST:PORT`, which also serves the scheduler's REST API); this process only plans and
-    /// commits. `secret` is the cluster's, when it has one (`FRUITS_SECRET_FILE`).
-    Cluster { scheduler: String, address: String, secret: Option<Secret> },
+    /// On the executors of the cluster behind `scheduler` (as given), whose REST API `api`
+    /// tells how the job goes; this process only plans and commits.
+    Cluster { scheduler: String, api: SchedulerApi },
 }
 
 /// A session on a running engine, with the featurize functions registered.
@@ -96,7 +96,16 @@ impl Engine {
         // job is planned or submitted.
         let secret = Secret::from_env()?;
         auth::check_scheduler(&format!("http://{address}"), secret.as_ref(), "client", Duration::ZERO).await?;
+        let api = SchedulerApi::new(&address, secret.as_ref())?;
         let mut config = SessionConfig::new_with_ballista();
+        // The scan cuts its files into a multiple of the partitions asked for, so that the last
+        // wave of tasks keeps every slot busy: ask for the cluster's slots, not this machine's
+        // cores.
+        match api.task_slots().await {
+            Ok(0) => log::warn!("no executor has registered with {scheduler} yet: jobs wait for one"),
+            Ok(slots) => config = config.with_target_partitions(slots),
+            Err(e) => log::warn!("cannot ask {scheduler} for its executors' task slots ({e:#}); partitions follow this machine's cores"),
+        }
         if let Some(secret) = &secret {
             // Every call Ballista makes for this session: to the scheduler, and to the executors
             // for results.
@@ -107,25 +116,23 @@ impl Engine {
             .await
             .with_context(|| format!("cannot connect to the fruits scheduler at {scheduler}"))?;
         fruits_udfs::register(&ctx, &Backend::PlanningOnly);
-        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), address, secret }, stores })
+        Ok(Self { ctx, mode: Mode::Cluster { scheduler: scheduler.to_owned(), api }, stores })
     }
 
-    /// Registers the `images` table over `input`.
-    pub fn register_images(&self, input: &str, options: ScanOptions) -> Result<()> {
+    /// Registers the `images` table over `input`, in place of any registered before; with a
+    /// `worklist` (a URL, see [`ImagesTable::with_worklist`]) it scans the files listed there
+    /// instead of listing `input` when planned.
+    pub fn register_images(&self, input: &str, options: ScanOptions, worklist: Option<&str>) -> Result<()> {
         if matches!(self.mode, Mode::Embedded { .. }) {
-            check_local_input(input)?;
+            check_input(input)?;
         }
         let table = ImagesTable::try_new(input, options).with_context(|| format!("invalid input location {input}"))?;
-        self.ctx.register_table(IMAGES_TABLE, Arc::new(table))?;
-        Ok(())
-    }
-
-    /// Registers `images` over the files of the work list at `worklist` (listed under `input`),
-    /// in place of any `images` table registered before.
-    pub fn register_worklist(&self, input: &str, options: ScanOptions, worklist: &str) -> Result<()> {
-        let table = ImagesTable::try_new(input, options).with_context(|| format!("invalid input location {input}"))?;
+        let table = match worklist {
+            Some(worklist) => table.with_worklist(worklist),
+            None => table,
+        };
         self.ctx.deregister_table(IMAGES_TABLE)?;
-        self.ctx.register_table(IMAGES_TABLE, Arc::new(table.with_worklist(worklist)))?;
+        self.ctx.register_table(IMAGES_TABLE, Arc::new(table))?;
         Ok(())
     }
 
@@ -157,7 +164,7 @@ fn scheduler_address(scheduler: &str) -> Result<String> {
 }
 
 /// A local input that does not exist would list as empty; say so instead.
-fn check_local_input(input: &str) -> Result<()> {
+pub fn check_input(input: &str) -> Result<()> {
     if !is_url(input) {
         let path = std::path::Path::new(input);
         anyhow::ensure!(path.is_dir(), "input folder {} does not exist or is not a folder", path.display());

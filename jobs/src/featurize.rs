@@ -19,6 +19,7 @@ use fruits_udfs::{
 };
 use indicatif::ProgressBar;
 
+use crate::cli::InputArgs;
 use crate::engine::{Engine, Mode};
 use crate::progress::{counting_bar, track_cluster_job};
 
@@ -55,7 +56,7 @@ pub async fn list(engine: &Engine, input: &str) -> Result<(Location, Listing)> {
     Ok((location, listing))
 }
 
-/// Runs the job over the entries of `work` (listed under `input`), writing run `run_id`'s
+/// Runs the job over the entries of `work` (listed under `input.input`), writing run `run_id`'s
 /// files into `features` with the features of `model` (the fingerprint the engine's
 /// executors must have). Nothing is committed or withdrawn: until the caller commits, readers
 /// keep seeing the previous result.
@@ -65,8 +66,7 @@ pub async fn list(engine: &Engine, input: &str) -> Result<(Location, Listing)> {
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     engine: &Engine,
-    input: &str,
-    options: ScanOptions,
+    input: &InputArgs,
     work: &Listing,
     features: &FeaturesDir,
     run_id: &RunId,
@@ -78,6 +78,7 @@ pub async fn run(
     if total == 0 {
         return Ok(Job { manifest: Manifest::of_files(run_id.as_str(), None, Vec::new())?, moments: None });
     }
+    let options = input.scan_options();
     let options = match with_moments {
         true => ScanOptions { files_per_partition: options.files_per_partition.max(MIN_FILES_PER_MOMENTS_TASK), ..options },
         false => options,
@@ -85,7 +86,7 @@ pub async fn run(
     // The scan (planned on the scheduler in a cluster) reads the work list, not a new listing.
     let worklist = worklist_name(run_id);
     features.location().put(&worklist, work.to_parquet()?).await?;
-    engine.register_worklist(input, options, &features.file_url(&worklist))?;
+    engine.register_images(&input.input, options, Some(&features.file_url(&worklist)))?;
 
     let result = write(engine, features, run_id, total, with_moments, quiet).await;
     if let Err(e) = features.location().delete(&worklist).await {
@@ -185,8 +186,6 @@ fn track_progress(engine: &Engine, bar: &ProgressBar, run_id: &RunId) -> tokio::
                 }
             })
         }
-        Mode::Cluster { address, secret, .. } => {
-            tokio::spawn(track_cluster_job(address.clone(), secret.clone(), job_name(run_id), bar.clone()))
-        }
+        Mode::Cluster { api, .. } => tokio::spawn(track_cluster_job(api.clone(), job_name(run_id), bar.clone())),
     }
 }

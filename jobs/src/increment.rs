@@ -38,6 +38,8 @@ impl Decision {
 
 /// An incremental run: the images to featurize, and what is kept of the committed result.
 pub struct Increment {
+    /// The committed result it starts from.
+    pub previous: Manifest,
     pub counts: Incremental,
     /// New and changed images (and entries the listing could not read that are new).
     pub work: Listing,
@@ -74,7 +76,7 @@ pub async fn decide(
         return Ok(Decision::Full { reason: Some(reason), work: listing });
     }
     let versions = committed_versions(features, &previous).await?;
-    Ok(Decision::Incremental(diff(&previous, versions, listing, input)))
+    Ok(Decision::Incremental(diff(previous, versions, listing, input)))
 }
 
 /// The version of every committed row, by path, with the index of its file in `manifest`.
@@ -98,7 +100,7 @@ async fn committed_versions(features: &FeaturesDir, manifest: &Manifest) -> Resu
 /// Sorts every listed entry into new, changed and unchanged against the committed rows; the
 /// committed rows left over are the deleted images.
 fn diff(
-    previous: &Manifest,
+    previous: Manifest,
     mut committed: HashMap<String, (usize, FileVersion)>,
     listing: Listing,
     input: &Location,
@@ -129,8 +131,7 @@ fn diff(
         }
     }
     for entry in listing.skipped {
-        let unlisted = fruits_udfs::ImageFile::new(entry.location.clone(), 0);
-        if compare(input.url_of(&entry.location), FileVersion::of(&unlisted.meta)) {
+        if compare(input.url_of(&entry.location), FileVersion::of(&entry.meta())) {
             work.skipped.push(entry);
         }
     }
@@ -147,18 +148,13 @@ fn diff(
             trimmed.push((file.clone(), drop));
         }
     }
-    Increment { counts, work, kept, trimmed }
+    Increment { previous, counts, work, kept, trimmed }
 }
 
 impl Increment {
     /// Whether the committed result is up to date: nothing to featurize, nothing to drop.
     pub fn is_empty(&self) -> bool {
         self.work.images.is_empty() && self.work.skipped.is_empty() && self.trimmed.is_empty()
-    }
-
-    /// The committed files kept whole.
-    pub fn kept(&self) -> &[CommittedFile] {
-        &self.kept
     }
 
     /// The committed files the new result keeps: those kept whole, and the trimmed ones
@@ -218,7 +214,7 @@ mod tests {
             images: vec![image("in/A/1.jpg", 10), image("in/B/1.jpg", 31), image("in/B/2.jpg", 40), image("in/C/1.jpg", 5)],
             skipped: vec![Skipped { location: Path::from("in/D"), reason: "cannot read it".into() }],
         };
-        let increment = diff(&previous, rows, listing, &input);
+        let increment = diff(previous, rows, listing, &input);
         assert_eq!(
             increment.counts,
             Incremental { new: 2, changed: 1, deleted: 1, unchanged: 2, since_run: "r".into() }

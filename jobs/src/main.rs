@@ -2,8 +2,9 @@
 //! and trains and applies the fruit classifier.
 //!
 //! Read top-down: [`cli`] holds the options, [`commands`] one pipeline per command, and the
-//! other modules the parts those pipelines are made of (the engine, the featurize job, the
-//! reader of committed features, the PCA and training stages, the summary, progress, transfers).
+//! other modules the parts those pipelines are made of (the engine and its scheduler's REST API,
+//! the featurize job, the reader of committed features, the PCA and training stages, the
+//! summary, progress, transfers).
 
 mod cli;
 mod commands;
@@ -13,6 +14,7 @@ mod featurize;
 mod increment;
 mod pca_stage;
 mod progress;
+mod scheduler_api;
 mod summary;
 mod train_stage;
 mod transfer;

@@ -3,9 +3,10 @@
 use std::io::IsTerminal;
 use std::time::Duration;
 
-use fruits_process::auth::Secret;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Deserialize;
+
+use crate::scheduler_api::SchedulerApi;
 
 /// How often the scheduler is asked about the job.
 const POLL_EVERY: Duration = Duration::from_millis(500);
@@ -27,28 +28,21 @@ pub fn counting_bar(total: u64, unit: &str, quiet: bool) -> ProgressBar {
 }
 
 /// Moves `bar` from the status of the Ballista job named `job_name`, as the scheduler's REST
-/// API at `address` (`HOST:PORT`) reports it: images read by the finished tasks of the job's
-/// first stage (the one that featurizes and writes), and tasks done and running. Runs until
-/// aborted; an unreachable API only leaves the bar where it is. The API of a cluster with a
-/// `secret` wants it as a bearer token.
-pub async fn track_cluster_job(address: String, secret: Option<Secret>, job_name: String, bar: ProgressBar) {
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(secret) = &secret {
-        headers.insert(reqwest::header::AUTHORIZATION, secret.bearer());
-    }
-    let Ok(client) = reqwest::Client::builder().default_headers(headers).build() else { return };
-    let base = format!("http://{address}/api");
+/// API reports it: images read by the finished tasks of the job's first stage (the one that
+/// featurizes and writes), and tasks done and running. Runs until aborted; an unreachable API
+/// only leaves the bar where it is.
+pub async fn track_cluster_job(api: SchedulerApi, job_name: String, bar: ProgressBar) {
     let mut job_id = None;
     let mut interval = tokio::time::interval(POLL_EVERY);
     loop {
         interval.tick().await;
         bar.tick();
         if job_id.is_none() {
-            let jobs: Option<Vec<JobOverview>> = get_json(&client, &format!("{base}/jobs")).await;
+            let jobs: Option<Vec<JobOverview>> = api.get("jobs").await.ok();
             job_id = jobs.and_then(|jobs| jobs.into_iter().find(|j| j.job_name == job_name)).map(|j| j.job_id);
         }
         let Some(id) = &job_id else { continue };
-        let Some(stages) = get_json::<JobStages>(&client, &format!("{base}/job/{id}/stages")).await else {
+        let Ok(stages) = api.get::<JobStages>(&format!("job/{id}/stages")).await else {
             continue;
         };
         if let Some(progress) = StageProgress::of_first_stage(&stages) {
@@ -56,12 +50,6 @@ pub async fn track_cluster_job(address: String, secret: Option<Secret>, job_name
             bar.set_message(format!("· {} tasks done, {} running", progress.done, progress.running));
         }
     }
-}
-
-async fn get_json<T: for<'de> Deserialize<'de>>(client: &reqwest::Client, url: &str) -> Option<T> {
-    let response = client.get(url).timeout(Duration::from_secs(5)).send().await.ok()?;
-    let body = response.error_for_status().ok()?.bytes().await.ok()?;
-    serde_json::from_slice(&body).ok()
 }
 
 /// The parts of Ballista's `/api/jobs` entries used here.

@@ -59,7 +59,7 @@ pub struct Summary {
 
 /// Seconds of each stage of a run (the PCA's are in its own part): where a large or
 /// incremental run spends its time.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Stages {
     /// Listing the input (once per run, in this process).
     pub listing: f64,

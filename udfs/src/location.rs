@@ -208,6 +208,17 @@ impl Location {
         Ok(Self { url, store })
     }
 
+    /// The folder of the file `file` (a path or a URL; `photo.jpg` is in `.`) and the file's
+    /// name in it, for [`Self::get`].
+    pub fn of_file(file: &str, runtime: &RuntimeEnv) -> Result<(Self, String), StoreError> {
+        let (folder, name) = match file.rsplit_once('/') {
+            Some(("", name)) => ("/", name),
+            Some((folder, name)) => (folder, name),
+            None => (".", file),
+        };
+        Ok((Self::parse(folder, runtime)?, name.to_owned()))
+    }
+
     /// The sub-folder `name` (which may contain `/`), on the same store.
     pub fn child(&self, name: &str) -> Result<Self, StoreError> {
         let folder = format!("{}/", self.child_url(name).trim_end_matches('/'));
@@ -351,6 +362,23 @@ mod tests {
     use ballista_core::serde::protobuf::FailedTask;
 
     use super::*;
+
+    #[test]
+    fn a_file_is_its_folder_and_its_name() {
+        let runtime = RuntimeEnv::default();
+        let memory = url::Url::parse("memory://").unwrap();
+        runtime.register_object_store(&memory, Arc::new(object_store::memory::InMemory::new()));
+        let here = Location::parse(".", &runtime).unwrap().url().to_owned();
+        for (file, folder, name) in [
+            ("photo.jpg", here.as_str(), "photo.jpg"),
+            ("/photo.jpg", "file:///", "photo.jpg"),
+            ("/a/b/Pear 1.jpg", "file:///a/b/", "Pear 1.jpg"),
+            ("memory:///x/p.jpg", "memory:///x/", "p.jpg"),
+        ] {
+            let (location, file_name) = Location::of_file(file, &runtime).unwrap();
+            assert_eq!((location.url(), file_name.as_str()), (folder, name), "{file}");
+        }
+    }
 
     fn generic() -> object_store::Error {
         object_store::Error::Generic { store: "S3", source: "connection reset by peer".into() }

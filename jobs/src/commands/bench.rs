@@ -24,7 +24,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     );
     let slots = args.engine.slots();
     let engine = Engine::start(&args.engine, &args.model).await?;
-    engine.register_images(&args.input.input, args.input.scan_options())?;
+    engine.register_images(&args.input.input, args.input.scan_options(), None)?;
 
     let images = sample(&engine, args.sample).await?;
     ensure!(!images.is_empty(), "no images under {}", args.input.input);
@@ -87,8 +87,7 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let started = Instant::now();
     let model = featurize::model_fingerprint(&engine).await?;
     let (_, listing) = featurize::list(&engine, &args.input.input).await?;
-    let options = args.input.scan_options();
-    let job = featurize::run(&engine, &args.input.input, options, &listing, &features, &run, &model, false, true).await?;
+    let job = featurize::run(&engine, &args.input, &listing, &features, &run, &model, false, true).await?;
     let seconds = started.elapsed().as_secs_f64();
     let rows = job.manifest.rows;
     let full_rate = rows as f64 / seconds;

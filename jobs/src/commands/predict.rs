@@ -107,8 +107,8 @@ async fn predict_one(
     file: &str,
     runtime: &RuntimeEnv,
 ) -> Result<Prediction> {
-    let (folder, name) = split_file(file);
-    let bytes = Location::parse(folder, runtime)?.get(name).await?.with_context(|| format!("{file} does not exist"))?;
+    let (folder, name) = Location::of_file(file, runtime)?;
+    let bytes = folder.get(&name).await?.with_context(|| format!("{file} does not exist"))?;
     let mut outcomes = classifier.predict(featurizer, &[&bytes])?;
     match outcomes.pop() {
         Some(outcome) => Ok(outcome?),
@@ -116,26 +116,9 @@ async fn predict_one(
     }
 }
 
-/// The folder and the name of a file path or URL (`photo.jpg` is in `.`).
-fn split_file(file: &str) -> (&str, &str) {
-    match file.rsplit_once('/') {
-        Some(("", name)) => ("/", name),
-        Some((folder, name)) => (folder, name),
-        None => (".", file),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn files_split_into_folder_and_name() {
-        assert_eq!(split_file("photo.jpg"), (".", "photo.jpg"));
-        assert_eq!(split_file("/photo.jpg"), ("/", "photo.jpg"));
-        assert_eq!(split_file("a/b/Pear 1.jpg"), ("a/b", "Pear 1.jpg"));
-        assert_eq!(split_file("s3://bucket/x/p.jpg"), ("s3://bucket/x", "p.jpg"));
-    }
 
     #[test]
     fn unknown_answers_say_score_and_threshold() {

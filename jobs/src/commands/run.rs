@@ -24,7 +24,7 @@ use fruits_udfs::{FeaturesDir, Lease, Location, MANIFEST_FILE, Manifest, PartFil
 
 use crate::cli::{PcaMode, PcaOptions, RunArgs};
 use crate::committed::FeatureFiles;
-use crate::engine::Engine;
+use crate::engine::{self, Engine};
 use crate::featurize::{self, FEATURES_DIR};
 use crate::increment::{self, Decision};
 use crate::pca_stage::{self, CSV_FILE, PLOT_FILE};
@@ -34,7 +34,8 @@ use crate::summary::{Incremental, SUMMARY_FILE, Stages, Summary, WrittenSummary,
 pub async fn run(args: &RunArgs, text: bool, quiet: bool) -> Result<Summary> {
     let engine = Engine::start(&args.engine, &args.model).await?;
     let input = &args.input.input;
-    engine.register_images(input, args.input.scan_options())?;
+    // This process lists the input, on a cluster too.
+    engine::check_input(input)?;
     let output = Location::create(&args.output, &engine.ctx.runtime_env())?;
     refuse_output_inside_input(input, &output, &engine)?;
 
@@ -56,33 +57,27 @@ async fn run_holding(
     text: bool,
     quiet: bool,
 ) -> Result<Summary> {
-    let started = Instant::now();
-    let read_before = featurize::bytes_read();
+    let mut meter = Meter::start();
     let input = &args.input.input;
     let features = FeaturesDir::new(output.child(FEATURES_DIR)?);
     features.begin(lease).await?;
     let model = featurize::model_fingerprint(engine).await?;
-    let mut stages = Stages::default();
-    let mut clock = Instant::now();
+    meter.lap();
     let (input_location, listing) = featurize::list(engine, input).await?;
-    stages.listing = lap(&mut clock);
+    meter.stages.listing = meter.lap();
     let rows_in = (listing.images.len() + listing.skipped.len()) as u64;
     let decision = increment::decide(&features, &input_location, listing, &model, args.full).await?;
-    stages.compare = lap(&mut clock);
-    let pca = args.pca.options();
-    let pca_mode = (!args.no_pca).then_some(pca.mode);
+    meter.stages.compare = meter.lap();
+    let pca = (!args.no_pca).then(|| args.pca.options());
 
     // Nothing new, changed or deleted: the committed run stands, and so do its views when they
     // are there and describe it.
     if let Decision::Incremental(increment) = &decision {
-        let committed = &increment.counts.since_run;
-        if increment.is_empty() && let Some(views) = current_views(output, committed, (!args.no_pca).then_some(pca)).await? {
-            let files = FeatureFiles {
-                folder: features.clone(),
-                manifest: Manifest::of_files(committed, Some(model), increment.kept().to_vec())?,
-            };
-            let mut summary = summarize(engine, args, output, &files, rows_in, Some(increment.counts.clone()), None, 0, started, read_before).await?;
-            summary.stages = stages;
+        let committed = &increment.previous.run_id;
+        if increment.is_empty() && let Some(views) = current_views(output, committed, pca).await? {
+            let files = FeatureFiles { folder: features.clone(), manifest: increment.previous.clone() };
+            let history = (Some(increment.counts.clone()), None);
+            let mut summary = summarize(engine, args, output, &files, rows_in, history, 0, &meter).await?;
             summary.pca = views.pca;
             if text {
                 summary.print(FEATURES_DIR);
@@ -95,12 +90,11 @@ async fn run_holding(
 
     // A full job sees every row, so its tasks can return the moments of the whole result.
     let with_moments = matches!(decision, Decision::Full { .. })
-        && pca_mode.is_some_and(|mode| mode.resolve(rows_in) == PcaMode::Distributed);
-    let options = args.input.scan_options();
+        && pca.is_some_and(|pca| pca.mode.resolve(rows_in) == PcaMode::Distributed);
     let job =
-        featurize::run(engine, input, options, decision.work(), &features, run_id, &model, with_moments, quiet).await?;
+        featurize::run(engine, &args.input, decision.work(), &features, run_id, &model, with_moments, quiet).await?;
     let featurized_this_run = job.manifest.rows;
-    stages.featurize = lap(&mut clock);
+    meter.stages.featurize = meter.lap();
     let (files, incremental, full_run_reason) = match decision {
         Decision::Full { reason, .. } => (job.manifest.files, None, reason),
         Decision::Incremental(increment) => {
@@ -110,28 +104,25 @@ async fn run_holding(
             (files, Some(counts), None)
         }
     };
-    stages.carry_over = lap(&mut clock);
+    meter.stages.carry_over = meter.lap();
     let files = FeatureFiles { folder: features.clone(), manifest: Manifest::of_files(run_id.as_str(), Some(model), files)? };
-    let mut summary = summarize(
-        engine, args, output, &files, rows_in, incremental, full_run_reason, featurized_this_run, started, read_before,
-    )
-    .await?;
-    summary.stages = stages;
+    let history = (incremental, full_run_reason);
+    let mut summary = summarize(engine, args, output, &files, rows_in, history, featurized_this_run, &meter).await?;
     if text {
         summary.print(FEATURES_DIR);
     }
     // Fitted before the commit, so that the run commits with its projections in place.
-    let fitted = match pca_mode {
-        Some(_) => Some(pca_stage::fit(&engine.ctx, &files, output, pca, job.moments).await),
+    let fitted = match pca {
+        Some(pca) => Some(pca_stage::fit(&engine.ctx, &files, output, pca, job.moments).await),
         None => None,
     };
-    lap(&mut clock);
+    meter.lap();
 
     for view in [SUMMARY_FILE, PLOT_FILE, CSV_FILE] {
         output.delete(view).await?;
     }
     features.commit(&files.manifest, lease).await?;
-    summary.stages.commit = lap(&mut clock);
+    summary.stages.commit = meter.lap();
     log::info!("committed run {run_id}: {} files", files.manifest.files.len());
 
     let published = match fitted {
@@ -171,7 +162,7 @@ async fn remove_leftovers(engine: &Engine, output: &Location, features: &Feature
     let owned = |name: &str| {
         [SUMMARY_FILE, PLOT_FILE, CSV_FILE].contains(&name)
             || name.strip_prefix(FEATURES_DIR).is_some_and(|f| f == MANIFEST_FILE || PartFile::parse(f).is_some() || is_worklist(f))
-            || name.strip_prefix("pca/part-").and_then(|f| f.strip_suffix(".parquet")).is_some_and(|r| RunId::parse(r).is_some())
+            || pca_stage::is_projections_file(name)
     };
     removed.extend(engine.stores.abort_incomplete_uploads(output, owned).await?);
     if !removed.is_empty() {
@@ -180,7 +171,30 @@ async fn remove_leftovers(engine: &Engine, output: &Location, features: &Feature
     Ok(())
 }
 
-/// What a run did, once its result is known (the PCA part still empty).
+/// What a run has cost so far: its time, stage by stage, and what this process read.
+struct Meter {
+    started: Instant,
+    read_before: Option<u64>,
+    lap: Instant,
+    stages: Stages,
+}
+
+impl Meter {
+    fn start() -> Self {
+        let now = Instant::now();
+        Self { started: now, read_before: featurize::bytes_read(), lap: now, stages: Stages::default() }
+    }
+
+    /// Seconds since the last lap.
+    fn lap(&mut self) -> f64 {
+        let seconds = self.lap.elapsed().as_secs_f64();
+        self.lap = Instant::now();
+        seconds
+    }
+}
+
+/// What a run did, once its result is known (the PCA part still empty). `history`: the
+/// incremental counts, or why the run was full.
 #[allow(clippy::too_many_arguments)]
 async fn summarize(
     engine: &Engine,
@@ -188,13 +202,11 @@ async fn summarize(
     output: &Location,
     files: &FeatureFiles,
     rows_in: u64,
-    incremental: Option<Incremental>,
-    full_run_reason: Option<String>,
+    (incremental, full_run_reason): (Option<Incremental>, Option<String>),
     featurized_this_run: u64,
-    started: Instant,
-    read_before: Option<u64>,
+    meter: &Meter,
 ) -> Result<Summary> {
-    let seconds = started.elapsed().as_secs_f64();
+    let seconds = meter.started.elapsed().as_secs_f64();
     let manifest = &files.manifest;
     Ok(Summary {
         input: args.input.input.clone(),
@@ -212,8 +224,10 @@ async fn summarize(
         featurized_this_run,
         seconds,
         images_per_second: featurized_this_run as f64 / seconds,
-        client_bytes_read: featurize::bytes_read().zip(read_before).map(|(after, before)| after.saturating_sub(before)),
-        stages: Stages::default(),
+        client_bytes_read: featurize::bytes_read()
+            .zip(meter.read_before)
+            .map(|(after, before)| after.saturating_sub(before)),
+        stages: meter.stages,
         pca: None,
     })
 }
@@ -236,13 +250,6 @@ async fn current_views(output: &Location, run: &str, pca: Option<PcaOptions>) ->
     };
     let current = written.run_id == run && pca_current;
     Ok(current.then_some(written))
-}
-
-/// Seconds since `clock`, which restarts.
-fn lap(clock: &mut Instant) -> f64 {
-    let seconds = clock.elapsed().as_secs_f64();
-    *clock = Instant::now();
-    seconds
 }
 
 /// An output inside the input would be read back as input by the next run (`pca.png` as an

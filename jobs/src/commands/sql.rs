@@ -18,7 +18,7 @@ const ROWS_PER_FILE: usize = 100_000;
 
 pub async fn run(args: &SqlArgs) -> Result<()> {
     let engine = Engine::start(&args.engine, &args.model).await?;
-    engine.register_images(&args.input.input, args.input.scan_options())?;
+    engine.register_images(&args.input.input, args.input.scan_options(), None)?;
     let df = engine.ctx.sql(&args.query).await?;
     let Some(output) = &args.output else {
         let batches = df.collect().await?;

@@ -160,14 +160,16 @@ async fn write_partition(
         let batch = flatten(&batch)?;
         if first_path.is_none() && batch.num_rows() > 0 {
             let paths =
-                batch.column(0).as_string_opt::<i32>().ok_or_else(|| exec_datafusion_err!("path is not Utf8"))?;
+                input_column(&batch, "path")?.as_string_opt::<i32>().ok_or_else(|| exec_datafusion_err!("path is not Utf8"))?;
             first_path = Some(paths.value(0).to_owned());
         }
         rows += batch.num_rows() as u64;
-        failed += (batch.num_rows() - batch.column(FEATURES + 1).null_count()) as u64;
+        failed += (batch.num_rows() - input_column(&batch, "error")?.null_count()) as u64;
         if let Some(moments) = &mut moments {
             let features =
-                batch.column(FEATURES).as_list_opt::<i32>().ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
+                input_column(&batch, "features")?
+                    .as_list_opt::<i32>()
+                    .ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
             moments.add_features(features)?;
         }
         writer.write(&batch).await.map_err(|e| write_error(format!("cannot write {url}"), e))?;
@@ -197,10 +199,7 @@ async fn write_partition(
     Ok(report)
 }
 
-/// Index of `features` in the features files (`error` follows it).
-const FEATURES: usize = 5;
-
-/// The column `name` of the write's input.
+/// The column `name` of `batch` (the write's input, or a batch of the features files).
 fn input_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> {
     batch.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the features write lost its {name} column"))
 }

@@ -39,6 +39,14 @@ pub struct Skipped {
     pub reason: String,
 }
 
+impl Skipped {
+    /// The entry as a file: its path, no size and no time. Its scan row and the version an
+    /// incremental run compares both come from here.
+    pub fn meta(&self) -> ObjectMeta {
+        ImageFile::new(self.location.clone(), 0).meta
+    }
+}
+
 impl ImageFile {
     pub fn new(location: Path, size: u64) -> Self {
         Self { meta: ObjectMeta { location, last_modified: DateTime::<Utc>::UNIX_EPOCH, size, e_tag: None, version: None } }

@@ -15,6 +15,7 @@ mod worklist;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use datafusion::arrow::array::TimestampNanosecondArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
@@ -29,6 +30,7 @@ use datafusion::datasource::table_schema::TableSchema;
 use datafusion::error::Result;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
+use object_store::ObjectMeta;
 
 pub use listing::{ImageFile, Listing, Skipped, list_images};
 pub(crate) use source::ImageSource;
@@ -57,7 +59,15 @@ pub(crate) fn images_file_schema() -> SchemaRef {
 /// Type of the `modified` column: nanoseconds, so that a local file rewritten within the same
 /// second still counts as changed.
 pub(crate) fn modified_type() -> DataType {
-    DataType::Timestamp(TimeUnit::Nanosecond, Some("UTC".into()))
+    DataType::Timestamp(TimeUnit::Nanosecond, Some(MODIFIED_TIME_ZONE.into()))
+}
+
+const MODIFIED_TIME_ZONE: &str = "UTC";
+
+/// A `modified` column of the listed times of `metas`.
+pub(crate) fn modified_array<'a>(metas: impl IntoIterator<Item = &'a ObjectMeta>) -> TimestampNanosecondArray {
+    TimestampNanosecondArray::from_iter(metas.into_iter().map(|m| m.last_modified.timestamp_nanos_opt()))
+        .with_timezone(MODIFIED_TIME_ZONE)
 }
 
 /// Name of the column saying why `content` is NULL.
@@ -154,7 +164,7 @@ impl ImagesTable {
         });
         let skipped = listing.skipped.into_iter().map(|entry| {
             let reason = format!("skipped while listing: {}", entry.reason);
-            PartitionedFile::new_from_meta(ImageFile::new(entry.location, 0).meta)
+            PartitionedFile::new_from_meta(entry.meta())
                 .with_partition_values(vec![ScalarValue::Utf8(Some(reason))])
         });
         images.chain(skipped).collect()
@@ -182,9 +192,9 @@ impl ImagesTable {
 
 /// The listing in the work list at `url`.
 async fn read_worklist(url: &str, runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>) -> Result<Listing> {
-    let (folder, name) = url.rsplit_once('/').ok_or_else(|| exec_datafusion_err!("invalid work list URL {url}"))?;
-    let bytes = Location::parse(folder, runtime)?
-        .get(name)
+    let (folder, name) = Location::of_file(url, runtime)?;
+    let bytes = folder
+        .get(&name)
         .await?
         .ok_or_else(|| exec_datafusion_err!("the work list {url} is gone (was the run stopped?)"))?;
     Listing::from_parquet(bytes)

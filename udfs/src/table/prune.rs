@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode};
@@ -15,7 +15,7 @@ use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
 
 use super::listing::label_of;
-use super::{READ_ERROR, images_table_schema};
+use super::{READ_ERROR, images_table_schema, modified_array};
 use crate::location::Naming;
 
 /// The columns of `images` known without reading a file.
@@ -80,9 +80,7 @@ fn listing_batch(files: &[PartitionedFile], store: &ObjectStoreUrl, schema: &Arc
         Arc::new(StringArray::from_iter_values(metas().map(|m| naming.display_url(store, &m.location)))),
         Arc::new(StringArray::from_iter(metas().map(|m| label_of(&m.location, store)))),
         Arc::new(UInt64Array::from_iter_values(metas().map(|m| m.size))),
-        Arc::new(
-            TimestampNanosecondArray::from_iter(metas().map(|m| m.last_modified.timestamp_nanos_opt())).with_timezone("UTC"),
-        ),
+        Arc::new(modified_array(metas())),
         Arc::new(StringArray::from_iter(metas().map(|m| m.e_tag.clone()))),
         Arc::new(StringArray::from_iter(read_errors)),
     ];

@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
 use datafusion::common::ScalarValue;
 use datafusion::arrow::datatypes::SchemaRef;
@@ -35,6 +35,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 use tokio::task::JoinHandle;
 
 use super::listing::label_of;
+use super::modified_array;
 use crate::location::{Naming, StoreError};
 
 /// Reads whole image files as rows of `(path, label, content, size, modified, etag)`.
@@ -154,7 +155,7 @@ impl FileOpener for ImageOpener {
                         1 => Arc::new(StringArray::from(vec![label.clone()])),
                         2 => Arc::new(binary_column(content.clone())),
                         3 => Arc::new(UInt64Array::from(vec![meta.size])),
-                        4 => Arc::new(modified_column(&meta)),
+                        4 => Arc::new(modified_array([&meta])),
                         _ => Arc::new(StringArray::from(vec![meta.e_tag.clone()])),
                     }
                 })
@@ -172,12 +173,6 @@ fn read_error(file: &PartitionedFile) -> Option<&str> {
         Some(ScalarValue::Utf8(Some(reason))) => Some(reason),
         _ => None,
     }
-}
-
-/// A one-row `modified` column: the listed time, NULL if the store gave none it can name
-/// in nanoseconds.
-pub(crate) fn modified_column(meta: &object_store::ObjectMeta) -> TimestampNanosecondArray {
-    TimestampNanosecondArray::from(vec![meta.last_modified.timestamp_nanos_opt()]).with_timezone("UTC")
 }
 
 /// A one-row binary column over `content`'s bytes, without copying them.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::DateTime;
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, TimestampNanosecondArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimestampNanosecondType, UInt64Type};
 use datafusion::common::exec_datafusion_err;
 use datafusion::error::{DataFusionError, Result};
@@ -15,7 +15,7 @@ use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
-use super::modified_type;
+use super::{modified_array, modified_type};
 use super::listing::{ImageFile, Listing, Skipped};
 use crate::sink::parquet_writer_properties;
 
@@ -37,37 +37,20 @@ fn worklist_schema() -> SchemaRef {
 impl Listing {
     /// This listing as a work-list file.
     pub fn to_parquet(&self) -> Result<Bytes> {
-        struct Row<'a> {
-            location: &'a str,
-            size: u64,
-            modified: Option<i64>,
-            etag: Option<&'a str>,
-            skipped: Option<&'a str>,
-        }
-        let images = self.images.iter().map(|image| Row {
-            location: image.meta.location.as_ref(),
-            size: image.meta.size,
-            modified: image.meta.last_modified.timestamp_nanos_opt(),
-            etag: image.meta.e_tag.as_deref(),
-            skipped: None,
-        });
-        let skipped = self.skipped.iter().map(|entry| Row {
-            location: entry.location.as_ref(),
-            size: 0,
-            modified: None,
-            etag: None,
-            skipped: Some(&entry.reason),
-        });
-        let rows: Vec<Row> = images.chain(skipped).collect();
+        let skipped: Vec<ObjectMeta> = self.skipped.iter().map(Skipped::meta).collect();
+        let images = self.images.iter().map(|image| (&image.meta, None));
+        let skipped = skipped.iter().zip(&self.skipped).map(|(meta, entry)| (meta, Some(entry.reason.as_str())));
+        let rows: Vec<(&ObjectMeta, Option<&str>)> = images.chain(skipped).collect();
         let mut out = Vec::new();
         let mut writer = ArrowWriter::try_new(&mut out, worklist_schema(), Some(parquet_writer_properties()))?;
         for chunk in rows.chunks(ROWS_PER_BATCH) {
+            let metas = || chunk.iter().map(|(meta, _)| *meta);
             let columns: Vec<ArrayRef> = vec![
-                Arc::new(StringArray::from_iter_values(chunk.iter().map(|r| r.location))),
-                Arc::new(UInt64Array::from_iter_values(chunk.iter().map(|r| r.size))),
-                Arc::new(TimestampNanosecondArray::from_iter(chunk.iter().map(|r| r.modified)).with_timezone("UTC")),
-                Arc::new(StringArray::from_iter(chunk.iter().map(|r| r.etag))),
-                Arc::new(StringArray::from_iter(chunk.iter().map(|r| r.skipped))),
+                Arc::new(StringArray::from_iter_values(metas().map(|m| m.location.as_ref()))),
+                Arc::new(UInt64Array::from_iter_values(metas().map(|m| m.size))),
+                Arc::new(modified_array(metas())),
+                Arc::new(StringArray::from_iter(metas().map(|m| m.e_tag.as_deref()))),
+                Arc::new(StringArray::from_iter(chunk.iter().map(|(_, reason)| *reason))),
             ];
             writer.write(&RecordBatch::try_new(worklist_schema(), columns)?)?;
         }
