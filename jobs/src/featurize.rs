@@ -33,6 +33,13 @@ pub const FEATURES_DIR: &str = "features/";
 /// 2.2 GB, 2,048 (26 tasks) at 0.72 GB, in the same job time.
 const MIN_FILES_PER_MOMENTS_TASK: usize = 2048;
 
+/// Most tasks of a job that returns feature moments, so that the final merge stays bounded
+/// whatever the number of images: its task receives every state (one row of 6.6 MB each) and
+/// DataFusion gathers rows into batches by count, not bytes. Measured with `make bench-scale`:
+/// 49 states (10^5 images) peaked at 813 MB in the merging executor. Past 64 x 2,048 images the
+/// tasks grow instead (15,625 images each at 10^6).
+const MAX_MOMENTS_TASKS: usize = 64;
+
 /// What a featurize job wrote, not yet committed.
 pub struct Job {
     /// The files the job wrote (none when it had nothing to read).
@@ -80,7 +87,13 @@ pub async fn run(
     }
     let options = input.scan_options();
     let options = match with_moments {
-        true => ScanOptions { files_per_partition: options.files_per_partition.max(MIN_FILES_PER_MOMENTS_TASK), ..options },
+        true => {
+            let files_per_partition = options
+                .files_per_partition
+                .max(MIN_FILES_PER_MOMENTS_TASK)
+                .max((total as usize).div_ceil(MAX_MOMENTS_TASKS));
+            ScanOptions { files_per_partition, ..options }
+        }
         false => options,
     };
     // The scan (planned on the scheduler in a cluster) reads the work list, not a new listing.
