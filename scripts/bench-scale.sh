@@ -8,9 +8,14 @@
 # cache, labels kept). For each size a fresh loopback cluster (one fruits-scheduler, two
 # fruits-executors with one task slot and one inference thread each) runs one `fruits run`;
 # the script prints per-stage seconds from summary.json, the largest image-scan plan a task
-# received, every process's peak RSS (VmHWM), images/s, and the ratios between the sizes. The PCA
+# received, every process's peak RSS (VmHWM), images/s, then the same run again with nothing
+# new (an incremental run: its seconds and client RSS), and the ratios between the sizes. The PCA
 # is distributed at every size (`auto` would fit 10^5 rows in the client's memory and 10^6 not),
 # so that the sizes compare the same work.
+#
+# Then the S3 listing: S3_OBJECTS of the linked images (default 100000; 0 skips it) uploaded to a
+# local Garage (scripts/local-s3.sh), and listed by `fruits sql "SELECT count(*) FROM images"`,
+# which lists and reads nothing else (the count is the listing's).
 #
 # Usage: scripts/bench-scale.sh INPUT [SIZE ...]      (default sizes: 100000 1000000)
 set -euo pipefail
@@ -34,8 +39,12 @@ if [[ ! -f "${model}" ]]; then
   "${cache}/venv/bin/python" "${root}/scripts/make-scale-model.py" "${model}"
 fi
 
+s3_objects="${S3_OBJECTS:-100000}"
+linked=("${sizes[@]}")
+[[ "${s3_objects}" -gt 0 ]] && linked+=("${s3_objects}")
+
 # Copy i of every image is `<label>/r<i>-<file>`: the labels of the sample, N files.
-for n in "${sizes[@]}"; do
+for n in "${linked[@]}"; do
   images="${cache}/images-${n}"
   [[ -f "${images}/.complete" ]] && continue
   echo "linking ${n} images into ${images} ..."
@@ -67,14 +76,32 @@ for n in "${sizes[@]}"; do
     "${bin}/fruits" run --quiet --json --pca-mode distributed --scheduler "df://127.0.0.1:${scheduler_port}" \
     --input "${cache}/images-${n}" --output "${work}/out-${n}" >"${work}/summary-${n}.json"
   echo "$(peak_kb "${cluster_pids[0]}") $(peak_kb "${cluster_pids[1]}") $(peak_kb "${cluster_pids[2]}")" >"${work}/peaks-${n}"
+  echo "re-running ${n} images with nothing new ..."
+  /usr/bin/time -f '%e %M' -o "${work}/rerun-${n}.time" \
+    "${bin}/fruits" run --quiet --json --pca-mode distributed --scheduler "df://127.0.0.1:${scheduler_port}" \
+    --input "${cache}/images-${n}" --output "${work}/out-${n}" >"${work}/rerun-${n}.json"
   stop_cluster
   plan_bytes="$(grep -ho 'image scan plan: [0-9]* bytes' "${work}/cluster-${n}"/executor-*.log | awk '{print $4}' | sort -n | tail -1)"
   echo "${plan_bytes:-0}" >"${work}/plan-${n}"
 done
 
-python3 - "${work}" "${sizes[@]}" <<'PY'
-import json, sys
-work, sizes = sys.argv[1], sys.argv[2:]
+if [[ "${s3_objects}" -gt 0 ]]; then
+  S3_PORT="$(free_port)" "${root}/scripts/local-s3.sh" start "${work}/s3" >/dev/null
+  trap 'stop_cluster; "${root}/scripts/local-s3.sh" stop "${work}/s3" >/dev/null; rm -rf "${work}"' EXIT
+  (
+    # shellcheck source=/dev/null
+    . "${work}/s3/env"
+    echo "uploading ${s3_objects} images to Garage ..."
+    "${bin}/fruits" upload --quiet --from "${cache}/images-${s3_objects}" --to "s3://fruits/images-${s3_objects}"
+    echo "listing them ..."
+    /usr/bin/time -f '%e %M' -o "${work}/s3-list.time" "${bin}/fruits" sql --quiet --model "${model}" \
+      --input "s3://fruits/images-${s3_objects}" "SELECT count(*) AS n FROM images" >"${work}/s3-list.out"
+  )
+fi
+
+python3 - "${work}" "${s3_objects}" "${sizes[@]}" <<'PY'
+import json, re, sys
+work, s3_objects, sizes = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 rows = {}
 for n in sizes:
     summary = json.loads(open(f"{work}/summary-{n}.json").read().strip().splitlines()[-1])
@@ -93,9 +120,20 @@ for n in sizes:
         "scheduler MB": scheduler_kb / 1024,
         "executor MB": max(executor_kb) / 1024,
     }
+    rerun_wall, rerun_kb = open(f"{work}/rerun-{n}.time").read().split()
+    rerun = json.loads(open(f"{work}/rerun-{n}.json").read().strip().splitlines()[-1])
+    assert rerun["featurized_this_run"] == 0, f"the re-run of {n} featurized {rerun['featurized_this_run']} images"
+    rows[n]["re-run s"] = float(rerun_wall)
+    rows[n]["re-run client MB"] = int(rerun_kb) / 1024
 print(f"{'':<18}" + "".join(f"{int(n):>14,}" for n in sizes) + ("      ratio" if len(sizes) > 1 else ""))
 for key in next(iter(rows.values())):
     values = [rows[n][key] for n in sizes]
     ratio = f"{values[-1] / values[0]:11.2f}" if len(sizes) > 1 and values[0] else ""
     print(f"{key:<18}" + "".join(f"{v:14.1f}" for v in values) + ratio)
+if s3_objects:
+    seconds, kb = open(f"{work}/s3-list.time").read().split()
+    counted = re.findall(r"\b\d+\b", open(f"{work}/s3-list.out").read())
+    assert str(s3_objects) in counted, f"the S3 listing counted {counted}, not {s3_objects}"
+    print(f"S3 listing, {s3_objects:,} objects in Garage: {float(seconds):.1f} s "
+          f"({s3_objects / float(seconds):,.0f} objects/s, whole process), client {int(kb) / 1024:.1f} MB")
 PY

@@ -13,9 +13,11 @@ use datafusion_proto::bytes::{
     physical_plan_from_bytes_with_extension_codec, physical_plan_to_bytes_with_extension_codec,
 };
 use fruits_udfs::{
-    Backend, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Lease, Location, Manifest,
-    ModelConfig, ObjectStores, Parallelism, PartFile, RunId, S3Options, ScanOptions, WriteFeatures,
+    Backend, Entry, FeaturesDir, Featurizer, FruitsLogicalCodec, FruitsPhysicalCodec, ImagesTable, Lease, Location,
+    Manifest, ModelConfig, ObjectStores, Parallelism, PartFile, RunId, S3Options, ScanOptions, WorklistWriter,
+    WriteFeatures, list_entries,
 };
+use futures::TryStreamExt;
 
 use crate::support::{model_path, read_committed, sample_dir};
 
@@ -125,4 +127,65 @@ async fn the_features_write_round_trips_and_writes_one_file_per_partition() {
     let committed = read_committed(&out.path().join("features"));
     assert_eq!(committed.rows.len(), 300);
     assert!(committed.rows.iter().all(|r| r.label.as_deref() == Some("Mangostan") && r.features.is_some()));
+}
+
+/// A work list's scan is planned as slices of it, so its plan does not grow with the images; the
+/// decoded plan reads the same rows as a scan of the listing.
+#[tokio::test]
+async fn a_work_list_scan_plans_slices_and_reads_the_listing_rows() {
+    let ctx = context();
+    let out = tempfile::tempdir().expect("temp dir");
+    let runtime = ctx.runtime_env();
+    let folder = Location::parse(&out.path().display().to_string(), &runtime).expect("folder");
+    let input = Location::parse(&sample_dir().display().to_string(), &runtime).expect("input");
+    let entries: Vec<Entry> = list_entries(&input).try_collect().await.expect("listing");
+    assert_eq!(entries.len(), 4835);
+    let worklist = |name: &'static str, count: usize| {
+        let (folder, entries) = (&folder, &entries);
+        async move {
+            let mut writer = WorklistWriter::create(folder, name).expect("work list");
+            for entry in entries.iter().take(count).cloned() {
+                writer.push(entry).await.expect("push");
+            }
+            writer.finish().await.expect("finish").1
+        }
+    };
+    let options = ScanOptions { files_per_partition: 100, ..ScanOptions::default() };
+    let plan_of = |table: &'static str, query: &'static str, worklist: Option<String>| {
+        let ctx = &ctx;
+        async move {
+            let images = ImagesTable::try_new(&sample_dir().display().to_string(), options).expect("table");
+            let images = match worklist {
+                Some(url) => images.with_worklist(url),
+                None => images,
+            };
+            ctx.register_table(table, Arc::new(images)).expect("register");
+            let plan = ctx.sql(query).await.expect("sql").create_physical_plan().await.expect("physical plan");
+            let bytes = physical_plan_to_bytes_with_extension_codec(plan, &FruitsPhysicalCodec::default()).expect("encode");
+            let decoded = physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &FruitsPhysicalCodec::default())
+                .expect("decode");
+            (bytes.len(), decoded)
+        }
+    };
+
+    let all = worklist("_worklist-all.parquet", entries.len()).await;
+    let (listed_bytes, listed) =
+        plan_of("listed", "SELECT path, label, size, modified, read_error FROM listed ORDER BY path", None).await;
+    let (work_bytes, work) =
+        plan_of("work", "SELECT path, label, size, modified, read_error FROM work ORDER BY path", Some(all)).await;
+    let text = displayable(work.as_ref()).indent(true).to_string();
+    assert!(text.contains("DataSourceExec: file_groups={52 groups"), "{text}");
+    // One scan file and its row range per partition, against one file per image.
+    assert!(work_bytes * 20 < listed_bytes, "work list plan {work_bytes} B, listing plan {listed_bytes} B");
+    let (expected, actual) = (collect(listed, ctx.task_ctx()).await.expect("listing scan"), collect(work, ctx.task_ctx()).await.expect("work list scan"));
+    assert_eq!(actual.iter().map(RecordBatch::num_rows).sum::<usize>(), 4835);
+    assert_eq!(show(&actual), show(&expected));
+
+    // Content is read through the slices too.
+    let few = worklist("_worklist-few.parquet", 10).await;
+    let (_, featurized) = plan_of("few", "SELECT path, featurize(content) AS features FROM few", Some(few)).await;
+    let batches = collect(featurized, ctx.task_ctx()).await.expect("featurize the work list");
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    let nulls: usize = batches.iter().map(|b| b.column(1).null_count()).sum();
+    assert_eq!((rows, nulls), (10, 0));
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::support::docker::{docker, engine_or_skip};
+use crate::support::docker::{docker, engine_or_skip, one_container_cluster_at_a_time};
 use crate::support::s3::{S3Account, S3Bucket};
 use crate::support::*;
 
@@ -39,6 +39,7 @@ fn emr_bootstrap_starts_a_cluster_that_runs_the_step() {
     if !engine_or_skip("the EMR simulation test") {
         return;
     }
+    let _alone = one_container_cluster_at_a_time();
     let started = Instant::now();
     let sim = Sim::up();
     let up = started.elapsed();

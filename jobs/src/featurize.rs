@@ -14,9 +14,10 @@ use datafusion::dataframe::DataFrame;
 use datafusion::execution::SessionStateBuilder;
 use fruits_pca::Moments;
 use fruits_udfs::{
-    FEATURIZE_OR_ERROR, FeaturesDir, IMAGES_TABLE, Listing, Location, MODEL_FINGERPRINT, Manifest, READ_ERROR, RunId,
-    ScanOptions, WriteFeatures, WriteResult, list_images, worklist_name,
+    Entry, FEATURIZE_OR_ERROR, FeaturesDir, IMAGES_TABLE, Location, MODEL_FINGERPRINT, Manifest, READ_ERROR, RunId,
+    ScanOptions, WorklistCounts, WorklistWriter, WriteFeatures, WriteResult, list_entries, worklist_name,
 };
+use futures::TryStreamExt;
 use indicatif::ProgressBar;
 
 use crate::cli::InputArgs;
@@ -48,25 +49,67 @@ pub struct Job {
     pub moments: Option<Moments>,
 }
 
-/// Lists the images under `input` once, for the whole run: the listing decides what the job
-/// reads and travels to the scan as a work list (see [`run`]).
-pub async fn list(engine: &Engine, input: &str) -> Result<(Location, Listing)> {
+/// The entries a run featurizes: its work list in the features folder (see [`list`]).
+pub struct Work {
+    name: String,
+    url: String,
+    /// What the work list holds.
+    pub counts: WorklistCounts,
+    /// What the listing found, featurized or not.
+    pub listed: WorklistCounts,
+}
+
+impl Work {
+    /// Removes the work list: only the job reads it.
+    pub async fn discard(&self, features: &FeaturesDir) {
+        if let Err(e) = features.location().delete(&self.name).await {
+            log::warn!("cannot remove the work list {}: {e}", self.url);
+        }
+    }
+}
+
+/// Lists the images under `input` once, for the whole run, and writes the entries `keep`
+/// wants into run `run_id`'s work list as the listing goes. The scan (planned on the scheduler
+/// in a cluster) reads the work list, not a new listing; neither side holds all of it.
+pub async fn list(
+    engine: &Engine,
+    input: &str,
+    features: &FeaturesDir,
+    run_id: &RunId,
+    mut keep: impl FnMut(&Location, &Entry) -> bool,
+) -> Result<Work> {
     let location = Location::parse(input, &engine.ctx.runtime_env())
         .with_context(|| format!("invalid input location {input}"))?;
-    let listing = list_images(&location).await.with_context(|| format!("cannot list the images under {input}"))?;
-    for entry in &listing.skipped {
-        log::warn!("skipped {}: {}", location.url_of(&entry.location), entry.reason);
+    let name = worklist_name(run_id);
+    let mut writer = WorklistWriter::create(features.location(), &name)?;
+    let mut listed = WorklistCounts::default();
+    let mut entries = list_entries(&location);
+    while let Some(entry) = entries.try_next().await.with_context(|| format!("cannot list the images under {input}"))? {
+        match &entry {
+            Entry::Image(_) => listed.images += 1,
+            Entry::Skipped(skipped) => {
+                listed.skipped += 1;
+                log::warn!("skipped {}: {}", location.url_of(&skipped.location), skipped.reason);
+            }
+        }
+        if keep(&location, &entry) {
+            writer.push(entry).await?;
+        }
     }
-    if listing.images.is_empty() {
+    let (counts, url) =
+        writer.finish().await.with_context(|| format!("cannot write the work list {}", features.file_url(&name)))?;
+    let work = Work { name, url, counts, listed };
+    if listed.images == 0 {
+        work.discard(features).await;
         bail!("no image files (.jpg, .jpeg, .png) found under {input}");
     }
-    Ok((location, listing))
+    Ok(work)
 }
 
 /// Runs the job over the entries of `work` (listed under `input.input`), writing run `run_id`'s
 /// files into `features` with the features of `model` (the fingerprint the engine's
-/// executors must have). Nothing is committed or withdrawn: until the caller commits, readers
-/// keep seeing the previous result.
+/// executors must have), then removes the work list. Nothing is committed or withdrawn: until
+/// the caller commits, readers keep seeing the previous result.
 ///
 /// With `with_moments`, every task also returns the moments of its features and a final
 /// aggregate of the same job merges them.
@@ -74,15 +117,16 @@ pub async fn list(engine: &Engine, input: &str) -> Result<(Location, Listing)> {
 pub async fn run(
     engine: &Engine,
     input: &InputArgs,
-    work: &Listing,
+    work: &Work,
     features: &FeaturesDir,
     run_id: &RunId,
     model: &str,
     with_moments: bool,
     quiet: bool,
 ) -> Result<Job> {
-    let total = (work.images.len() + work.skipped.len()) as u64;
+    let total = work.counts.rows();
     if total == 0 {
+        work.discard(features).await;
         return Ok(Job { manifest: Manifest::of_files(run_id.as_str(), None, Vec::new())?, moments: None });
     }
     let options = input.scan_options();
@@ -96,15 +140,9 @@ pub async fn run(
         }
         false => options,
     };
-    // The scan (planned on the scheduler in a cluster) reads the work list, not a new listing.
-    let worklist = worklist_name(run_id);
-    features.location().put(&worklist, work.to_parquet()?).await?;
-    engine.register_images(&input.input, options, Some(&features.file_url(&worklist)))?;
-
+    engine.register_images(&input.input, options, Some(&work.url))?;
     let result = write(engine, features, run_id, total, with_moments, quiet).await;
-    if let Err(e) = features.location().delete(&worklist).await {
-        log::warn!("cannot remove the work list {}: {e}", features.file_url(&worklist));
-    }
+    work.discard(features).await;
     let WriteResult { manifest, moments } = result?;
     if manifest.rows != total {
         bail!(

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 
 use anyhow::{Context, Result};
-use fruits_udfs::{CommittedFile, FeaturesDir, FileVersion, Listing, Location, Manifest, RunId};
+use fruits_udfs::{CommittedFile, Entry, FeaturesDir, FileVersion, HashKey, Location, Manifest, RunId};
 use futures::{StreamExt, TryStreamExt};
 
 use crate::summary::Incremental;
@@ -19,47 +19,48 @@ use crate::summary::Incremental;
 /// Committed files read or rewritten at once.
 const CONCURRENT_FILES: usize = 16;
 
-/// What a run featurizes.
+/// How a run compares what it lists with the committed result, entry by entry as the listing
+/// goes: nothing holds the listing.
+pub enum Comparison {
+    /// Every listed entry is featurized; `reason` says why when a committed result was there.
+    Full { reason: Option<String> },
+    Incremental(Diff),
+}
+
+/// The committed rows the listing has not reached yet, and what it found so far.
+pub struct Diff {
+    previous: Manifest,
+    /// Path of each committed row not listed yet, with the index of its file in `previous` and
+    /// its version, all as keys (36 bytes a row); those left at the end are the deleted images.
+    committed: HashMap<HashKey, (u32, HashKey)>,
+    /// For each committed file, the paths of its rows the new result drops.
+    dropped: Vec<HashSet<HashKey>>,
+    counts: Incremental,
+}
+
+/// What a run did with the committed result, once its listing is done.
 pub enum Decision {
-    /// Every listed image; `reason` says why when a committed result was there.
-    Full { reason: Option<String>, work: Listing },
+    /// Every listed image was featurized; `reason` says why when a committed result was there.
+    Full { reason: Option<String> },
     Incremental(Increment),
 }
 
-impl Decision {
-    /// The entries the featurize job reads.
-    pub fn work(&self) -> &Listing {
-        match self {
-            Decision::Full { work, .. } => work,
-            Decision::Incremental(increment) => &increment.work,
-        }
-    }
-}
-
-/// An incremental run: the images to featurize, and what is kept of the committed result.
+/// An incremental run: what it keeps of the committed result.
 pub struct Increment {
     /// The committed result it starts from.
     pub previous: Manifest,
     pub counts: Incremental,
-    /// New and changed images (and entries the listing could not read that are new).
-    pub work: Listing,
     /// Committed files whose rows are all kept.
     kept: Vec<CommittedFile>,
     /// Committed files with rows of changed or deleted images, and the paths of those rows.
-    trimmed: Vec<(CommittedFile, HashSet<String>)>,
+    trimmed: Vec<(CommittedFile, HashSet<HashKey>)>,
 }
 
-/// Decides how to bring the result in `features` up to date with `listing` (of `input`), for
-/// features made by `model`.
-pub async fn decide(
-    features: &FeaturesDir,
-    input: &Location,
-    listing: Listing,
-    model: &str,
-    full: bool,
-) -> Result<Decision> {
+/// How to bring the result in `features` up to date, for features made by `model`: against
+/// the committed rows' versions when the committed result has the same model, else a full run.
+pub async fn compare_with(features: &FeaturesDir, model: &str, full: bool) -> Result<Comparison> {
     let Some(previous) = features.manifest().await? else {
-        return Ok(Decision::Full { reason: None, work: listing });
+        return Ok(Comparison::Full { reason: None });
     };
     let reason = match previous.model.as_deref() {
         _ if full => Some("--full was given".to_owned()),
@@ -73,14 +74,35 @@ pub async fn decide(
         Some(_) => None,
     };
     if let Some(reason) = reason {
-        return Ok(Decision::Full { reason: Some(reason), work: listing });
+        return Ok(Comparison::Full { reason: Some(reason) });
     }
-    let versions = committed_versions(features, &previous).await?;
-    Ok(Decision::Incremental(diff(previous, versions, listing, input)))
+    let committed = committed_versions(features, &previous).await?;
+    Ok(Comparison::Incremental(Diff::new(previous, committed)))
+}
+
+impl Comparison {
+    /// Whether the run featurizes `entry`, listed under `input`: in a full run every entry, in
+    /// an incremental one the new and changed ones.
+    pub fn featurize(&mut self, input: &Location, entry: &Entry) -> bool {
+        match self {
+            Comparison::Full { .. } => true,
+            Comparison::Incremental(diff) => {
+                diff.compare(HashKey::of_path(&input.url_of(entry.location())), FileVersion::of(&entry.meta()).key())
+            }
+        }
+    }
+
+    /// The decision, once every listed entry went through [`Self::featurize`].
+    pub fn decide(self) -> Decision {
+        match self {
+            Comparison::Full { reason } => Decision::Full { reason },
+            Comparison::Incremental(diff) => Decision::Incremental(diff.finish()),
+        }
+    }
 }
 
 /// The version of every committed row, by path, with the index of its file in `manifest`.
-async fn committed_versions(features: &FeaturesDir, manifest: &Manifest) -> Result<HashMap<String, (usize, FileVersion)>> {
+async fn committed_versions(features: &FeaturesDir, manifest: &Manifest) -> Result<HashMap<HashKey, (u32, HashKey)>> {
     let mut rows = HashMap::new();
     let mut reads = futures::stream::iter(manifest.files.iter().enumerate())
         .map(|(index, file)| async move {
@@ -92,69 +114,61 @@ async fn committed_versions(features: &FeaturesDir, manifest: &Manifest) -> Resu
         })
         .buffer_unordered(CONCURRENT_FILES);
     while let Some((index, versions)) = reads.try_next().await? {
+        let index = u32::try_from(index).context("more than 2^32 committed files")?;
         rows.extend(versions.into_iter().map(|(path, version)| (path, (index, version))));
     }
     Ok(rows)
 }
 
-/// Sorts every listed entry into new, changed and unchanged against the committed rows; the
-/// committed rows left over are the deleted images.
-fn diff(
-    previous: Manifest,
-    mut committed: HashMap<String, (usize, FileVersion)>,
-    listing: Listing,
-    input: &Location,
-) -> Increment {
-    let mut counts = Incremental { since_run: previous.run_id.clone(), ..Incremental::default() };
-    let mut dropped: Vec<HashSet<String>> = vec![HashSet::new(); previous.files.len()];
-    let mut work = Listing::default();
-    let mut compare = |path: String, version: FileVersion| -> bool {
-        match committed.remove(&path) {
+impl Diff {
+    fn new(previous: Manifest, committed: HashMap<HashKey, (u32, HashKey)>) -> Self {
+        let counts = Incremental { since_run: previous.run_id.clone(), ..Incremental::default() };
+        let dropped = vec![HashSet::new(); previous.files.len()];
+        Self { previous, committed, dropped, counts }
+    }
+
+    /// Counts the listed `path` of version `version` as new, changed or unchanged; true when
+    /// it is to be featurized.
+    fn compare(&mut self, path: HashKey, version: HashKey) -> bool {
+        match self.committed.remove(&path) {
             None => {
-                counts.new += 1;
+                self.counts.new += 1;
                 true
             }
-            Some((_, committed_version)) if committed_version == version => {
-                counts.unchanged += 1;
+            Some((_, committed)) if committed == version => {
+                self.counts.unchanged += 1;
                 false
             }
             Some((file, _)) => {
-                counts.changed += 1;
-                dropped[file].insert(path);
+                self.counts.changed += 1;
+                self.dropped[file as usize].insert(path);
                 true
             }
         }
-    };
-    for image in listing.images {
-        if compare(input.url_of(image.location()), FileVersion::of(&image.meta)) {
-            work.images.push(image);
+    }
+
+    /// The committed rows left over are the deleted images.
+    fn finish(mut self) -> Increment {
+        self.counts.deleted = self.committed.len() as u64;
+        for (path, (file, _)) in self.committed {
+            self.dropped[file as usize].insert(path);
         }
-    }
-    for entry in listing.skipped {
-        if compare(input.url_of(&entry.location), FileVersion::of(&entry.meta())) {
-            work.skipped.push(entry);
+        let (mut kept, mut trimmed) = (Vec::new(), Vec::new());
+        for (file, drop) in self.previous.files.iter().zip(self.dropped) {
+            if drop.is_empty() {
+                kept.push(file.clone());
+            } else {
+                trimmed.push((file.clone(), drop));
+            }
         }
+        Increment { previous: self.previous, counts: self.counts, kept, trimmed }
     }
-    drop(compare);
-    counts.deleted = committed.len() as u64;
-    for (path, (file, _)) in committed {
-        dropped[file].insert(path);
-    }
-    let (mut kept, mut trimmed) = (Vec::new(), Vec::new());
-    for (file, drop) in previous.files.iter().zip(dropped) {
-        if drop.is_empty() {
-            kept.push(file.clone());
-        } else {
-            trimmed.push((file.clone(), drop));
-        }
-    }
-    Increment { previous, counts, work, kept, trimmed }
 }
 
 impl Increment {
     /// Whether the committed result is up to date: nothing to featurize, nothing to drop.
     pub fn is_empty(&self) -> bool {
-        self.work.images.is_empty() && self.work.skipped.is_empty() && self.trimmed.is_empty()
+        self.counts.new == 0 && self.counts.changed == 0 && self.trimmed.is_empty()
     }
 
     /// The committed files the new result keeps: those kept whole, and the trimmed ones
@@ -202,37 +216,33 @@ mod tests {
             vec![committed("part-a.parquet", 2, &url("A/1.jpg")), committed("part-b.parquet", 2, &url("B/1.jpg"))],
         )
         .unwrap();
-        let version = |size| FileVersion::of(&image("x", size).meta);
+        let version = |size| FileVersion::of(&image("x", size).meta).key();
+        let key = |p: &str| HashKey::of_path(&url(p));
         let rows = HashMap::from([
-            (url("A/1.jpg"), (0, version(10))),
-            (url("A/2.jpg"), (0, version(20))),
-            (url("B/1.jpg"), (1, version(30))),
-            (url("B/2.jpg"), (1, version(40))),
+            (key("A/1.jpg"), (0, version(10))),
+            (key("A/2.jpg"), (0, version(20))),
+            (key("B/1.jpg"), (1, version(30))),
+            (key("B/2.jpg"), (1, version(40))),
         ]);
         // A/1 unchanged, A/2 deleted, B/1 changed (size), B/2 unchanged, C/1 new; a new unreadable folder.
-        let listing = Listing {
-            images: vec![image("in/A/1.jpg", 10), image("in/B/1.jpg", 31), image("in/B/2.jpg", 40), image("in/C/1.jpg", 5)],
-            skipped: vec![Skipped { location: Path::from("in/D"), reason: "cannot read it".into() }],
-        };
-        let increment = diff(previous, rows, listing, &input);
+        let listed = [image("in/A/1.jpg", 10), image("in/B/1.jpg", 31), image("in/B/2.jpg", 40), image("in/C/1.jpg", 5)]
+            .into_iter()
+            .map(Entry::Image)
+            .chain([Entry::Skipped(Skipped { location: Path::from("in/D"), reason: "cannot read it".into() })]);
+        let mut comparison = Comparison::Incremental(Diff::new(previous, rows));
+        let work: Vec<String> =
+            listed.filter(|entry| comparison.featurize(&input, entry)).map(|e| e.location().to_string()).collect();
+        assert_eq!(work, ["in/B/1.jpg", "in/C/1.jpg", "in/D"]);
+        let Decision::Incremental(increment) = comparison.decide() else { panic!("a result of the same model") };
         assert_eq!(
             increment.counts,
             Incremental { new: 2, changed: 1, deleted: 1, unchanged: 2, since_run: "r".into() }
         );
-        let work: Vec<&str> = increment.work.images.iter().map(|i| i.location().as_ref()).collect();
-        assert_eq!(work, ["in/B/1.jpg", "in/C/1.jpg"]);
-        assert_eq!(increment.work.skipped.len(), 1);
         assert!(increment.kept.is_empty(), "both files lose a row");
-        let mut trimmed: Vec<(String, Vec<String>)> = increment
-            .trimmed
-            .iter()
-            .map(|(f, drop)| (f.file.clone(), drop.iter().cloned().collect()))
-            .collect();
-        trimmed.sort();
-        assert_eq!(
-            trimmed,
-            [("part-a.parquet".into(), vec![url("A/2.jpg")]), ("part-b.parquet".into(), vec![url("B/1.jpg")])]
-        );
+        let mut trimmed: Vec<(String, Vec<HashKey>)> =
+            increment.trimmed.iter().map(|(f, drop)| (f.file.clone(), drop.iter().copied().collect())).collect();
+        trimmed.sort_by(|a, b| a.0.cmp(&b.0));
+        assert_eq!(trimmed, [("part-a.parquet".into(), vec![key("A/2.jpg")]), ("part-b.parquet".into(), vec![key("B/1.jpg")])]);
         assert!(!increment.is_empty());
     }
 }

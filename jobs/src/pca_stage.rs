@@ -41,13 +41,18 @@ use crate::summary::PcaSummary;
 /// Size of `pca.png`, in pixels: readable on a laptop screen and in a report.
 const PLOT_SIZE: (u32, u32) = (1200, 900);
 
+/// Most points `pca.png` draws: beyond a few hundred thousand, points of 1200x900 pixels only
+/// cover each other, and the plot would hold memory in proportion to the rows.
+const MAX_PLOT_POINTS: u64 = 200_000;
+
 /// What the plot needs of the projected rows: two coordinates and a label each, the labels
-/// shared, so that a million rows cost a few tens of MB.
-#[derive(Default)]
+/// shared, for every `stride`-th row with features (all of them up to [`MAX_PLOT_POINTS`]).
 struct Projected {
     points: Vec<[f64; 2]>,
     labels: Vec<Arc<str>>,
     names: HashSet<Arc<str>>,
+    stride: u64,
+    with_features: u64,
     without_features: u64,
 }
 
@@ -163,7 +168,7 @@ async fn write_projections(
 
     let schema = projections_schema(k);
     let mut writer = AsyncArrowWriter::try_new(output.upload(name), Arc::clone(&schema), None)?;
-    let mut projected = Projected::default();
+    let mut projected = Projected::for_rows(features.manifest.rows);
     while let Some(batch) = stream.try_next().await.context("cannot project the features on the components")? {
         let batch = projected.add(&batch, &schema)?;
         writer.write(&batch).await?;
@@ -218,6 +223,18 @@ pub fn is_projections_file(name: &str) -> bool {
 }
 
 impl Projected {
+    /// For a result of `rows` rows.
+    fn for_rows(rows: u64) -> Self {
+        Self {
+            points: Vec::new(),
+            labels: Vec::new(),
+            names: HashSet::new(),
+            stride: rows.div_ceil(MAX_PLOT_POINTS).max(1),
+            with_features: 0,
+            without_features: 0,
+        }
+    }
+
     /// Takes the plot's share of a batch of `path`, `label`, `pc` (NULL for a row without
     /// features) and returns the batch's rows with features in the projections file's `schema`.
     fn add(&mut self, batch: &RecordBatch, schema: &SchemaRef) -> Result<RecordBatch> {
@@ -236,7 +253,8 @@ impl Projected {
             for (column, value) in columns.iter_mut().zip(point.values()) {
                 column.push(*value);
             }
-            if k >= 2 {
+            self.with_features += 1;
+            if k >= 2 && (self.with_features - 1) % self.stride == 0 {
                 self.points.push([point.value(0), point.value(1)]);
                 let shared = self.shared(label(row as usize));
                 self.labels.push(shared);
@@ -346,5 +364,33 @@ mod tests {
         assert_eq!(csv_field("Apple Golden 1"), "Apple Golden 1");
         assert_eq!(csv_field("a,b"), "\"a,b\"");
         assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+
+    #[test]
+    fn the_plot_keeps_every_nth_row_but_the_projections_file_every_row() {
+        use datafusion::arrow::array::{Float64Builder, ListBuilder};
+        let rows = 5 * MAX_PLOT_POINTS / 2;
+        let mut projected = Projected::for_rows(rows);
+        let schema = projections_schema(2);
+        let mut written = 0;
+        for start in (0..rows).step_by(50_000) {
+            let n = 50_000.min(rows - start) as usize;
+            let mut pc = ListBuilder::new(Float64Builder::new());
+            for i in 0..n {
+                pc.values().append_slice(&[(start as usize + i) as f64, 0.5]);
+                pc.append(true);
+            }
+            let paths = StringArray::from_iter_values((0..n).map(|i| format!("s3://b/Apple/{}.jpg", start as usize + i)));
+            let labels = StringArray::from_iter_values((0..n).map(|_| "Apple"));
+            let columns: Vec<ArrayRef> = vec![Arc::new(paths), Arc::new(labels), Arc::new(pc.finish())];
+            let batch = RecordBatch::try_from_iter(["path", "label", "pc"].into_iter().zip(columns)).unwrap();
+            written += projected.add(&batch, &schema).unwrap().num_rows() as u64;
+        }
+        assert_eq!(written, rows);
+        assert!(projected.points.len() as u64 <= MAX_PLOT_POINTS, "{}", projected.points.len());
+        assert_eq!(projected.points.len() as u64, rows.div_ceil(3));
+        assert_eq!(projected.points[1], [3.0, 0.5]);
+        assert_eq!((projected.labels.len(), projected.names.len()), (projected.points.len(), 1));
+        assert_eq!(Projected::for_rows(4835).stride, 1);
     }
 }

@@ -61,9 +61,10 @@ pub struct Summary {
 /// incremental run spends its time.
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Stages {
-    /// Listing the input (once per run, in this process).
+    /// Listing the input (once per run, in this process), writing the work list as it goes.
     pub listing: f64,
-    /// Reading the committed versions and comparing them with the listing.
+    /// Reading the committed versions (each listed entry is compared with them as it is
+    /// listed).
     pub compare: f64,
     /// The featurize job, planning and writing included.
     pub featurize: f64,

@@ -3,6 +3,16 @@
 
 use std::io::Write;
 use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+
+/// Held by each test that runs a cluster of containers, so that two such clusters never share
+/// the machine's cores: on two cores, two clusters featurizing at once starve each other's
+/// heartbeats past the executor timeout, and a healthy executor is declared lost.
+pub fn one_container_cluster_at_a_time() -> MutexGuard<'static, ()> {
+    static CLUSTERS: Mutex<()> = Mutex::new(());
+    // A test that failed while holding it leaves the lock poisoned, not the next test wrong.
+    CLUSTERS.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
 
 /// Whether a Docker engine answers; if not, prints why `test` is skipped, straight to stderr
 /// past the harness's capture, so that it shows in a passing run.

@@ -31,7 +31,7 @@ use datafusion_proto::physical_plan::{
 use prost::Message;
 
 use crate::sink::{FeaturesSinkExec, RunId, WriteFeatures};
-use crate::table::{ImageSource, ImagesTable, ScanOptions, images_table_schema};
+use crate::table::{ImageSource, ImagesTable, ScanOptions, Worklist, images_table_schema};
 
 /// Wire messages. Hand-written prost structs: a handful of small messages do not justify a
 /// build step.
@@ -98,6 +98,12 @@ mod wire {
         /// of a file drops it, and the features record it for the next incremental run.
         #[prost(string, repeated, tag = "2")]
         pub e_tags: Vec<String>,
+        /// URL of the work list the scan files are slices of; empty when each is an image.
+        #[prost(string, tag = "3")]
+        pub worklist: String,
+        /// The largest image read of a work list's entries (`--max-image-bytes`).
+        #[prost(uint64, tag = "4")]
+        pub max_image_bytes: u64,
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
@@ -272,7 +278,6 @@ impl Default for FruitsPhysicalCodec {
     }
 }
 
-/// The `FileScanConfig` of `plan` if it is an image scan.
 /// The files of `config`, group after group.
 fn files(config: &FileScanConfig) -> impl Iterator<Item = &datafusion::datasource::listing::PartitionedFile> {
     config.file_groups.iter().flat_map(|group| group.files())
@@ -293,10 +298,11 @@ fn restore_e_tags(config: &mut FileScanConfig, e_tags: Vec<String>) -> Result<()
     Ok(())
 }
 
-fn image_scan(plan: &dyn ExecutionPlan) -> Option<&FileScanConfig> {
+/// The `FileScanConfig` of `plan` and its source, if it is an image scan.
+fn image_scan(plan: &dyn ExecutionPlan) -> Option<(&FileScanConfig, &ImageSource)> {
     let exec = plan.downcast_ref::<DataSourceExec>()?;
     let config = exec.data_source().downcast_ref::<FileScanConfig>()?;
-    config.file_source().downcast_ref::<ImageSource>().map(|_| config)
+    config.file_source().downcast_ref::<ImageSource>().map(|source| (config, source))
 }
 
 impl PhysicalExtensionCodec for FruitsPhysicalCodec {
@@ -312,7 +318,11 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
             Some(wire::Plan::ImageScan(scan)) => {
                 let base =
                     scan.base_conf.ok_or_else(|| internal_datafusion_err!("image scan without its FileScanConfig"))?;
-                let source = Arc::new(ImageSource::new(images_table_schema()));
+                let source = ImageSource::new(images_table_schema());
+                let source = Arc::new(match scan.worklist.as_str() {
+                    "" => source,
+                    url => source.with_worklist(Worklist::at(url, &ctx.runtime_env(), scan.max_image_bytes)?),
+                });
                 let decode_ctx = PhysicalPlanDecodeContext::new(ctx, self);
                 let mut config = parse_protobuf_file_scan_config(&base, &decode_ctx, proto_converter, source)?;
                 restore_e_tags(&mut config, scan.e_tags)?;
@@ -341,10 +351,13 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
         buf: &mut Vec<u8>,
         proto_converter: &dyn PhysicalProtoConverterExtension,
     ) -> Result<()> {
-        let plan = if let Some(config) = image_scan(node.as_ref()) {
+        let plan = if let Some((config, source)) = image_scan(node.as_ref()) {
+            let worklist = source.worklist();
             wire::Plan::ImageScan(wire::ImageScanNode {
                 base_conf: Some(serialize_file_scan_config(config, self, proto_converter)?),
                 e_tags: files(config).map(|f| f.object_meta.e_tag.clone().unwrap_or_default()).collect(),
+                worklist: worklist.map(|w| w.url().to_owned()).unwrap_or_default(),
+                max_image_bytes: worklist.map_or(0, Worklist::max_image_bytes),
             })
         } else if let Some(sink) = node.downcast_ref::<FeaturesSinkExec>() {
             wire::Plan::FeaturesSink(wire::WriteFeaturesNode {

@@ -39,11 +39,14 @@ pub use predict::{PREDICT, prediction_type};
 pub use projection::{PCA_PROJECT, coordinates_type};
 pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
 pub use sink::{
-    CommittedFile, FeaturesDir, FileVersion, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId, WriteFeatures,
+    CommittedFile, FeaturesDir, FileVersion, HashKey, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId, WriteFeatures,
     WriteResult, features_schema, parquet_writer_properties, is_worklist, worklist_name,
 };
 pub use store::{ObjectStores, S3Options};
-pub use table::{IMAGES_TABLE, ImageFile, ImagesTable, Listing, READ_ERROR, ScanOptions, Skipped, list_images};
+pub use table::{
+    Entry, IMAGES_TABLE, ImageFile, ImagesTable, Listing, READ_ERROR, ScanOptions, Skipped, WorklistCounts, WorklistWriter,
+    list_entries, list_images,
+};
 pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, MODEL_FINGERPRINT, NO_CONTENT};
 
 /// `config` with the fruits plan codecs installed for Ballista, so that the `images` table and

@@ -13,7 +13,10 @@ use bytes::Bytes;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
 use datafusion::execution::runtime_env::RuntimeEnv;
-use futures::TryStreamExt;
+#[allow(deprecated)]
+use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::path::{Path, PathPart};
@@ -164,6 +167,19 @@ impl Naming {
     pub(crate) fn display_url(self, store_url: &ObjectStoreUrl, path: &Path) -> String {
         let names: Vec<String> = path.parts().map(|part| self.name(part.as_ref())).collect();
         format!("{}{}", store_url.as_str(), names.join("/"))
+    }
+}
+
+/// A Parquet reader of the object at `path` (of `size` bytes, when known: one request fewer).
+/// `ParquetObjectReader` is deprecated in parquet 59 in favour of a reader of one's own; it
+/// still reads only the byte ranges a projection or a row selection needs, which reading a few
+/// columns or rows of a large file relies on.
+#[allow(deprecated)]
+pub(crate) fn parquet_reader(store: Arc<dyn ObjectStore>, path: Path, size: Option<u64>) -> ParquetObjectReader {
+    let reader = ParquetObjectReader::new(store, path);
+    match size {
+        Some(size) => reader.with_file_size(size),
+        None => reader,
     }
 }
 
@@ -329,11 +345,17 @@ impl Location {
     /// Every object under the folder, recursively, in the store's order; an absent folder is
     /// empty.
     pub async fn list(&self) -> Result<Vec<ObjectMeta>, StoreError> {
-        match self.store.list(Some(self.url.prefix())).try_collect().await {
-            Ok(objects) => Ok(objects),
-            Err(object_store::Error::NotFound { .. }) => Ok(Vec::new()),
-            Err(error) => Err(StoreError::Store { action: "list", url: self.url().to_owned(), error }),
-        }
+        self.list_stream().try_collect().await
+    }
+
+    /// [`Self::list`] as the store pages it: a bucket of millions is never held whole.
+    pub fn list_stream(&self) -> BoxStream<'static, Result<ObjectMeta, StoreError>> {
+        let url = self.url().to_owned();
+        self.store
+            .list(Some(self.url.prefix()))
+            .take_while(|item| std::future::ready(!matches!(item, Err(object_store::Error::NotFound { .. }))))
+            .map_err(move |error| StoreError::Store { action: "list", url: url.clone(), error })
+            .boxed()
     }
 
     /// The name of `path` below this folder, `/`-separated and as people write it (on a local

@@ -86,8 +86,8 @@ pub async fn run(args: &BenchArgs) -> Result<()> {
     let run = RunId::new();
     let started = Instant::now();
     let model = featurize::model_fingerprint(&engine).await?;
-    let (_, listing) = featurize::list(&engine, &args.input.input).await?;
-    let job = featurize::run(&engine, &args.input, &listing, &features, &run, &model, false, true).await?;
+    let work = featurize::list(&engine, &args.input.input, &features, &run, |_, _| true).await?;
+    let job = featurize::run(&engine, &args.input, &work, &features, &run, &model, false, true).await?;
     let seconds = started.elapsed().as_secs_f64();
     let rows = job.manifest.rows;
     let full_rate = rows as f64 / seconds;

@@ -2,8 +2,9 @@
 //!
 //! The order is what keeps the previous result safe:
 //! 1. take the output's lease (a second run into the same output refuses);
-//! 2. list the input once and compare it with the committed result (see `increment`): a
-//!    result of the same model is brought up to date, featurizing only new and changed images;
+//! 2. list the input once, comparing each entry with the committed result as it comes (see
+//!    `increment`): a result of the same model is brought up to date, featurizing only new and
+//!    changed images;
 //!    write this run's feature files (new ones, and rewrites of committed files that lose
 //!    rows) and PCA projections under its own names, beside the previous result, which readers
 //!    keep seeing;
@@ -63,11 +64,12 @@ async fn run_holding(
     features.begin(lease).await?;
     let model = featurize::model_fingerprint(engine).await?;
     meter.lap();
-    let (input_location, listing) = featurize::list(engine, input).await?;
-    meter.stages.listing = meter.lap();
-    let rows_in = (listing.images.len() + listing.skipped.len()) as u64;
-    let decision = increment::decide(&features, &input_location, listing, &model, args.full).await?;
+    let mut comparison = increment::compare_with(&features, &model, args.full).await?;
     meter.stages.compare = meter.lap();
+    let work = featurize::list(engine, input, &features, run_id, |input, entry| comparison.featurize(input, entry)).await?;
+    meter.stages.listing = meter.lap();
+    let rows_in = work.listed.rows();
+    let decision = comparison.decide();
     let pca = (!args.no_pca).then(|| args.pca.options());
 
     // Nothing new, changed or deleted: the committed run stands, and so do its views when they
@@ -75,6 +77,7 @@ async fn run_holding(
     if let Decision::Incremental(increment) = &decision {
         let committed = &increment.previous.run_id;
         if increment.is_empty() && let Some(views) = current_views(output, committed, pca).await? {
+            work.discard(&features).await;
             let files = FeatureFiles { folder: features.clone(), manifest: increment.previous.clone() };
             let history = (Some(increment.counts.clone()), None);
             let mut summary = summarize(engine, args, output, &files, rows_in, history, 0, &meter).await?;
@@ -92,11 +95,11 @@ async fn run_holding(
     let with_moments = matches!(decision, Decision::Full { .. })
         && pca.is_some_and(|pca| pca.mode.resolve(rows_in) == PcaMode::Distributed);
     let job =
-        featurize::run(engine, &args.input, decision.work(), &features, run_id, &model, with_moments, quiet).await?;
+        featurize::run(engine, &args.input, &work, &features, run_id, &model, with_moments, quiet).await?;
     let featurized_this_run = job.manifest.rows;
     meter.stages.featurize = meter.lap();
     let (files, incremental, full_run_reason) = match decision {
-        Decision::Full { reason, .. } => (job.manifest.files, None, reason),
+        Decision::Full { reason } => (job.manifest.files, None, reason),
         Decision::Incremental(increment) => {
             let counts = increment.counts.clone();
             let mut files = increment.carry_over(&features, run_id).await?;

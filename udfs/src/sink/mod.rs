@@ -36,7 +36,7 @@ use datafusion::physical_planner::{DefaultPhysicalPlanner, ExtensionPlanner, Phy
 pub(crate) use exec::FeaturesSinkExec;
 pub use manifest::{CommittedFile, FeaturesDir, MANIFEST_FILE, Manifest, PartFile, RunId, is_worklist, worklist_name};
 pub use node::{WriteFeatures, WriteResult};
-pub use versions::FileVersion;
+pub use versions::{FileVersion, HashKey};
 
 /// Rows per Parquet row group (about 5 MB of features): readers can skip and parallelise.
 const ROWS_PER_GROUP: usize = 1024;

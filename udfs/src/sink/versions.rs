@@ -9,19 +9,19 @@ use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{TimestampNanosecondType, UInt64Type};
 use datafusion::common::exec_datafusion_err;
 use datafusion::error::Result;
-// Deprecated in parquet 59 in favour of a reader of one's own; it still reads only the byte
-// ranges a projection needs, which is what a version listing of large files relies on.
+// Deprecated in parquet 59: see `parquet_reader`.
 #[allow(deprecated)]
 use datafusion::parquet::arrow::async_reader::{ParquetObjectReader, ParquetRecordBatchStreamBuilder};
 use datafusion::parquet::arrow::{AsyncArrowWriter, ProjectionMask};
 use datafusion::parquet::file::metadata::KeyValue;
 use futures::TryStreamExt;
 use object_store::ObjectMeta;
+use sha2::{Digest, Sha256};
 
 use super::exec::process_name;
 use super::manifest::{CommittedFile, FeaturesDir, PartFile, RunId};
 use super::{MODEL_METADATA_KEY, parquet_writer_properties};
-use crate::location::write_error;
+use crate::location::{parquet_reader, write_error};
 
 /// The version of an image file that a listing saw: a file whose version differs is featurized
 /// again. Size and modification time on a local disk; on S3 also the ETag.
@@ -37,17 +37,53 @@ impl FileVersion {
     pub fn of(meta: &ObjectMeta) -> Self {
         Self { size: meta.size, modified: meta.last_modified.timestamp_nanos_opt(), etag: meta.e_tag.clone() }
     }
+
+    /// The version as 16 bytes (of its SHA-256): two versions that differ have different keys
+    /// but with a chance of 2^-128.
+    pub fn key(&self) -> HashKey {
+        let mut hash = Sha256::new();
+        hash.update(self.size.to_le_bytes());
+        match self.modified {
+            Some(nanos) => hash.update([&[1u8][..], &nanos.to_le_bytes()].concat()),
+            None => hash.update([0u8]),
+        }
+        match &self.etag {
+            Some(etag) => hash.update([&[1u8][..], etag.as_bytes()].concat()),
+            None => hash.update([0u8]),
+        }
+        HashKey::of_hash(hash)
+    }
+}
+
+/// 16 bytes of a SHA-256: how an incremental run holds the committed rows' paths and versions,
+/// so that a million rows cost tens of megabytes, not hundreds. Two different paths share a key
+/// with a chance of 2^-128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct HashKey([u8; 16]);
+
+impl HashKey {
+    /// The key of the `path` column's value `path`.
+    pub fn of_path(path: &str) -> Self {
+        Self::of_hash(Sha256::new_with_prefix(path.as_bytes()))
+    }
+
+    fn of_hash(hash: Sha256) -> Self {
+        let digest = hash.finalize();
+        let mut key = [0u8; 16];
+        key.copy_from_slice(&digest[..16]);
+        Self(key)
+    }
 }
 
 impl FeaturesDir {
     #[allow(deprecated)]
     fn reader(&self, file: &str) -> ParquetObjectReader {
-        ParquetObjectReader::new(Arc::clone(self.location().store()), self.location().path(file))
+        parquet_reader(Arc::clone(self.location().store()), self.location().path(file), None)
     }
 
-    /// The path and version of every row of the features file `file`, reading only those
-    /// columns.
-    pub async fn versions(&self, file: &str) -> Result<Vec<(String, FileVersion)>> {
+    /// The path and version of every row of the features file `file`, as keys, reading only
+    /// those columns.
+    pub async fn versions(&self, file: &str) -> Result<Vec<(HashKey, HashKey)>> {
         let url = self.file_url(file);
         let builder = ParquetRecordBatchStreamBuilder::new(self.reader(file)).await?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["path", "size", "modified", "etag"]);
@@ -71,7 +107,7 @@ impl FeaturesDir {
                     modified: modified.is_valid(row).then(|| modified.value(row)),
                     etag: etags.is_valid(row).then(|| etags.value(row).to_owned()),
                 };
-                versions.push((paths.value(row).to_owned(), version));
+                versions.push((HashKey::of_path(paths.value(row)), version.key()));
             }
         }
         Ok(versions)
@@ -83,7 +119,7 @@ impl FeaturesDir {
     pub async fn rewrite_without(
         &self,
         file: &CommittedFile,
-        drop: &HashSet<String>,
+        drop: &HashSet<HashKey>,
         run: &RunId,
     ) -> Result<Option<CommittedFile>> {
         let source = self.file_url(&file.file);
@@ -107,7 +143,8 @@ impl FeaturesDir {
                 .column_by_name("path")
                 .and_then(|c| c.as_string_opt::<i32>())
                 .ok_or_else(|| exec_datafusion_err!("{source} has no Utf8 path column"))?;
-            let keep: BooleanArray = paths.iter().map(|path| Some(!path.is_some_and(|p| drop.contains(p)))).collect();
+            let keep: BooleanArray =
+                paths.iter().map(|path| Some(!path.is_some_and(|p| drop.contains(&HashKey::of_path(p))))).collect();
             let kept = filter_record_batch(&batch, &keep)?;
             if kept.num_rows() == 0 {
                 continue;
@@ -128,5 +165,29 @@ impl FeaturesDir {
         }
         writer.close().await.map_err(|e| write_error(format!("cannot write {url}"), e))?;
         Ok(Some(CommittedFile { file: name, rows, failed, written_by: process_name().to_owned(), first_path }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_that_differ_in_any_part_have_different_keys() {
+        let base = FileVersion { size: 10, modified: Some(0), etag: None };
+        let others = [
+            FileVersion { size: 11, ..base.clone() },
+            FileVersion { modified: None, ..base.clone() },
+            FileVersion { modified: Some(1), ..base.clone() },
+            FileVersion { etag: Some(String::new()), ..base.clone() },
+            FileVersion { etag: Some("\"a\"".into()), ..base.clone() },
+        ];
+        let mut keys: Vec<HashKey> = others.iter().map(FileVersion::key).collect();
+        keys.push(base.key());
+        let distinct: HashSet<HashKey> = keys.iter().copied().collect();
+        assert_eq!(distinct.len(), keys.len());
+        assert_eq!(base.key(), base.clone().key());
+        assert_eq!(HashKey::of_path("s3://b/Apple/1.jpg"), HashKey::of_path("s3://b/Apple/1.jpg"));
+        assert_ne!(HashKey::of_path("s3://b/Apple/1.jpg"), HashKey::of_path("s3://b/Apple/2.jpg"));
     }
 }

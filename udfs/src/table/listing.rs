@@ -6,7 +6,8 @@
 //! [`Skipped`] entry, with its reason, and the walk goes on.
 
 use chrono::{DateTime, Utc};
-use datafusion::datasource::listing::PartitionedFile;
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::ObjectMeta;
 use object_store::path::Path;
@@ -47,6 +48,64 @@ impl Skipped {
     }
 }
 
+/// One entry of a listing, as a scan reads it: each is one row of `images`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    Image(ImageFile),
+    Skipped(Skipped),
+}
+
+impl Entry {
+    /// Its path in the store, as listed.
+    pub fn location(&self) -> &Path {
+        match self {
+            Entry::Image(image) => image.location(),
+            Entry::Skipped(skipped) => &skipped.location,
+        }
+    }
+
+    /// The entry as a file (see [`Skipped::meta`]).
+    pub fn meta(&self) -> ObjectMeta {
+        match self {
+            Entry::Image(image) => image.meta.clone(),
+            Entry::Skipped(skipped) => skipped.meta(),
+        }
+    }
+
+    /// Why the scan does not read this entry, if so: its row carries the reason as
+    /// `read_error`. `limit` is the largest file read (`--max-image-bytes`).
+    pub(crate) fn read_error(&self, limit: u64) -> Option<String> {
+        match self {
+            Entry::Image(image) => (image.size() > limit).then(|| {
+                format!("file of {} is above the limit of {} (--max-image-bytes)", bytes(image.size()), bytes(limit))
+            }),
+            Entry::Skipped(skipped) => Some(format!("skipped while listing: {}", skipped.reason)),
+        }
+    }
+}
+
+impl Listing {
+    /// Every entry: the images, then the skipped entries.
+    pub fn into_entries(self) -> impl Iterator<Item = Entry> {
+        self.images.into_iter().map(Entry::Image).chain(self.skipped.into_iter().map(Entry::Skipped))
+    }
+}
+
+/// `123 B`, `4.5 MiB`, `2.0 GiB`: sizes in messages.
+fn bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 impl ImageFile {
     pub fn new(location: Path, size: u64) -> Self {
         Self { meta: ObjectMeta { location, last_modified: DateTime::<Utc>::UNIX_EPOCH, size, e_tag: None, version: None } }
@@ -58,12 +117,6 @@ impl ImageFile {
 
     pub fn size(&self) -> u64 {
         self.meta.size
-    }
-
-    /// The scan file of this image, with the path exactly as listed: built from the path's text,
-    /// it would be percent-encoded a second time and name another object.
-    pub(crate) fn into_partitioned_file(self) -> PartitionedFile {
-        PartitionedFile::new_from_meta(self.meta)
     }
 }
 
@@ -91,31 +144,50 @@ fn is_image_path(relative: &str) -> bool {
 /// outputs are the same from run to run. On a local disk, entries that cannot be read are
 /// returned as [`Skipped`]; on an object store a failed listing is an error.
 pub async fn list_images(location: &Location) -> Result<Listing, StoreError> {
-    let mut listing = match local_folder(location) {
-        Some(root) => {
-            let folder = location.url().to_owned();
-            tokio::task::spawn_blocking(move || walk_local(&root))
-                .await
-                .map_err(|e| StoreError::InvalidLocation { location: folder, reason: format!("listing stopped: {e}") })?
+    let mut listing = Listing::default();
+    let mut entries = list_entries(location);
+    while let Some(entry) = entries.try_next().await? {
+        match entry {
+            Entry::Image(image) => listing.images.push(image),
+            Entry::Skipped(skipped) => listing.skipped.push(skipped),
         }
-        None => {
-            let prefix = location.listing_url().prefix();
-            let images = location
-                .list()
-                .await?
-                .into_iter()
-                .filter(|meta| {
-                    let full = meta.location.as_ref();
-                    is_image_path(full.strip_prefix(prefix.as_ref()).unwrap_or(full))
-                })
-                .map(|meta| ImageFile { meta })
-                .collect();
-            Listing { images, skipped: Vec::new() }
-        }
-    };
+    }
     listing.images.sort_by(|a, b| a.meta.location.cmp(&b.meta.location));
     listing.skipped.sort_by(|a, b| a.location.cmp(&b.location));
     Ok(listing)
+}
+
+/// Entries the local walk sends ahead of the reader.
+const WALK_AHEAD: usize = 4096;
+
+/// The entries under `location`, as [`list_images`] finds them, while it lists: whatever the
+/// number of files, only a folder's names at a time are in memory. The order is the same from
+/// run to run: the store's on an object store (by key), name by name within each folder on a
+/// local disk.
+pub fn list_entries(location: &Location) -> BoxStream<'static, Result<Entry, StoreError>> {
+    if let Some(root) = local_folder(location) {
+        let (sender, receiver) = tokio::sync::mpsc::channel(WALK_AHEAD);
+        let folder = location.url().to_owned();
+        let walk = tokio::task::spawn_blocking(move || walk_local(&root, |entry| sender.blocking_send(Ok(entry)).is_ok()));
+        let entries = futures::stream::unfold(receiver, |mut receiver| async move {
+            receiver.recv().await.map(|entry| (entry, receiver))
+        });
+        // A walk that stopped early (it panicked) ends the stream with an error, not silently.
+        let end = futures::stream::once(async move {
+            walk.await.map_err(|e| StoreError::InvalidLocation { location: folder, reason: format!("listing stopped: {e}") })
+        })
+        .filter_map(|ended| async move { ended.err().map(Err) });
+        return entries.chain(end).boxed();
+    }
+    let prefix = location.listing_url().prefix().clone();
+    location
+        .list_stream()
+        .try_filter_map(move |meta| {
+            let full = meta.location.as_ref();
+            let image = is_image_path(full.strip_prefix(prefix.as_ref()).unwrap_or(full));
+            async move { Ok(image.then_some(Entry::Image(ImageFile { meta }))) }
+        })
+        .boxed()
 }
 
 /// The folder on the local disk, for a `file://` location.
@@ -124,35 +196,35 @@ fn local_folder(location: &Location) -> Option<std::path::PathBuf> {
     (url.scheme() == "file").then(|| url.to_file_path().ok()).flatten()
 }
 
-/// Walks `root` (following symlinks, as object_store's local listing does), keeping what it
-/// cannot read as skipped entries. Hidden files and folders are not entered.
-fn walk_local(root: &std::path::Path) -> Listing {
-    let mut listing = Listing::default();
+/// Walks `root` (following symlinks, as object_store's local listing does), folder by folder
+/// in name order, giving each entry to `found` until it returns false; what it cannot read is
+/// a skipped entry. Hidden files and folders are not entered.
+fn walk_local(root: &std::path::Path, mut found: impl FnMut(Entry) -> bool) {
     let walk = walkdir::WalkDir::new(root)
         .min_depth(1)
         .follow_links(true)
+        .sort_by_file_name()
         .into_iter()
         .filter_entry(|entry| !entry.file_name().to_string_lossy().starts_with('.'));
     for entry in walk {
-        match entry {
-            Ok(entry) if entry.file_type().is_dir() => {}
+        let listed = match entry {
+            Ok(entry) if entry.file_type().is_dir() => continue,
             Ok(entry) => {
                 let path = entry.path();
-                let Some(relative) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) else {
-                    listing.skipped.push(skipped(path, "the name is not valid UTF-8, so it cannot be named in a URL"));
-                    continue;
-                };
-                if !is_image_path(relative) {
-                    continue;
-                }
-                let meta = entry.metadata().map_err(|e| e.to_string()).and_then(|meta| {
-                    let location = Path::from_absolute_path(path).map_err(|e| e.to_string())?;
-                    let last_modified = meta.modified().map(DateTime::<Utc>::from).unwrap_or_default();
-                    Ok(ObjectMeta { location, last_modified, size: meta.len(), e_tag: None, version: None })
-                });
-                match meta {
-                    Ok(meta) => listing.images.push(ImageFile { meta }),
-                    Err(reason) => listing.skipped.push(skipped(path, &format!("cannot read its metadata: {reason}"))),
+                match path.strip_prefix(root).ok().and_then(|p| p.to_str()) {
+                    None => skipped(path, "the name is not valid UTF-8, so it cannot be named in a URL"),
+                    Some(relative) if !is_image_path(relative) => continue,
+                    Some(_) => {
+                        let meta = entry.metadata().map_err(|e| e.to_string()).and_then(|meta| {
+                            let location = Path::from_absolute_path(path).map_err(|e| e.to_string())?;
+                            let last_modified = meta.modified().map(DateTime::<Utc>::from).unwrap_or_default();
+                            Ok(ObjectMeta { location, last_modified, size: meta.len(), e_tag: None, version: None })
+                        });
+                        match meta {
+                            Ok(meta) => Entry::Image(ImageFile { meta }),
+                            Err(reason) => skipped(path, &format!("cannot read its metadata: {reason}")),
+                        }
+                    }
                 }
             }
             Err(error) => {
@@ -167,17 +239,19 @@ fn walk_local(root: &std::path::Path) -> Listing {
                     (None, Some(io)) => format!("cannot read it: {io}"),
                     (None, None) => error.to_string(),
                 };
-                listing.skipped.push(skipped(path, &reason));
+                skipped(path, &reason)
             }
+        };
+        if !found(listed) {
+            return;
         }
     }
-    listing
 }
 
-fn skipped(path: &std::path::Path, reason: &str) -> Skipped {
+fn skipped(path: &std::path::Path, reason: &str) -> Entry {
     let location = Path::from_absolute_path(path)
         .unwrap_or_else(|_| Path::from_iter(path.to_string_lossy().split('/').filter(|p| !p.is_empty())));
-    Skipped { location, reason: reason.to_owned() }
+    Entry::Skipped(Skipped { location, reason: reason.to_owned() })
 }
 
 /// Label of a file: the name of the folder it is in (`None` at the root of a store), as people

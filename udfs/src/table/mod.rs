@@ -12,6 +12,7 @@ mod prune;
 mod source;
 mod worklist;
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,10 +20,10 @@ use datafusion::arrow::array::TimestampNanosecondArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
 use datafusion::common::stats::Precision;
-use datafusion::common::{Statistics, exec_datafusion_err, plan_err};
+use datafusion::common::{Statistics, plan_err};
 use datafusion::datasource::TableProvider;
-use datafusion::datasource::TableType;
 use datafusion::common::ScalarValue;
+use datafusion::datasource::TableType;
 use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
 use datafusion::datasource::source::DataSourceExec;
@@ -32,19 +33,28 @@ use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_plan::ExecutionPlan;
 use object_store::ObjectMeta;
 
-pub use listing::{ImageFile, Listing, Skipped, list_images};
+pub use listing::{Entry, ImageFile, Listing, Skipped, list_entries, list_images};
 pub(crate) use source::ImageSource;
+pub use worklist::{WorklistCounts, WorklistWriter};
+pub(crate) use worklist::Worklist;
 
 use crate::location::Location;
 
 /// Name under which `fruits` registers the table.
 pub const IMAGES_TABLE: &str = "images";
 
-/// The columns read from each file: `path` (full URL of the file, as people name it), `label`
-/// (name of its parent folder, NULL for a file at the root of a bucket), `content` (the
-/// file's bytes, NULL when it was not read), then the version the listing saw: `size`,
-/// `modified` and `etag` (NULL on a local disk). The version travels with the features, so
-/// that the next run knows which images changed.
+/// Name of the column saying why `content` is NULL.
+pub const READ_ERROR: &str = "read_error";
+
+/// The columns of `images`: `path` (full URL of the file, as people name it), `label` (name of
+/// its parent folder, NULL for a file at the root of a bucket), `content` (the file's bytes,
+/// NULL when it was not read), then the version the listing saw: `size`, `modified` and `etag`
+/// (NULL on a local disk); last `read_error`, set when the listing already knows the file is
+/// not to be read (above the size limit, or an entry the listing could not look into). The
+/// version travels with the features, so that the next run knows which images changed.
+///
+/// `read_error` is decided with the listing but is not a partition column: one scan file of
+/// a work list ([`worklist`]) holds many entries, each with its own.
 pub(crate) fn images_file_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
         Field::new("path", DataType::Utf8, false),
@@ -53,7 +63,12 @@ pub(crate) fn images_file_schema() -> SchemaRef {
         Field::new("size", DataType::UInt64, false),
         Field::new("modified", modified_type(), true),
         Field::new("etag", DataType::Utf8, true),
+        Field::new(READ_ERROR, DataType::Utf8, true),
     ]))
+}
+
+pub(crate) fn images_table_schema() -> TableSchema {
+    TableSchema::builder(images_file_schema()).build()
 }
 
 /// Type of the `modified` column: nanoseconds, so that a local file rewritten within the same
@@ -68,18 +83,6 @@ const MODIFIED_TIME_ZONE: &str = "UTC";
 pub(crate) fn modified_array<'a>(metas: impl IntoIterator<Item = &'a ObjectMeta>) -> TimestampNanosecondArray {
     TimestampNanosecondArray::from_iter(metas.into_iter().map(|m| m.last_modified.timestamp_nanos_opt()))
         .with_timezone(MODIFIED_TIME_ZONE)
-}
-
-/// Name of the column saying why `content` is NULL.
-pub const READ_ERROR: &str = "read_error";
-
-/// The columns of `images`: those of [`images_file_schema`], then `read_error`, set when the
-/// listing already knows the file is not to be read (above the size limit, or an entry the
-/// listing could not look into). It travels with each scan file as a partition value, so the
-/// decision made when planning reaches the executors with the plan.
-pub(crate) fn images_table_schema() -> TableSchema {
-    let read_error = Arc::new(Field::new(READ_ERROR, DataType::Utf8, true));
-    TableSchema::builder(images_file_schema()).with_table_partition_cols(vec![read_error]).build()
 }
 
 /// How the listed files are cut into units of work, and which are read.
@@ -112,7 +115,7 @@ impl Default for ScanOptions {
 pub struct ImagesTable {
     location: ListingTableUrl,
     options: ScanOptions,
-    /// URL of a work list ([`Listing::to_parquet`]): the files to scan, instead of listing
+    /// URL of a work list ([`WorklistWriter`]): the files to scan, instead of listing
     /// `location` when the scan is planned.
     worklist: Option<String>,
 }
@@ -152,67 +155,68 @@ impl ImagesTable {
         self.options
     }
 
-    /// The scan files of `listing`: every image, the ones above the size limit marked with
-    /// the reason they are not read, then every skipped entry with its reason. Each is one row.
+    /// The scan files of `listing`, one per entry; each carries its `read_error` as its one
+    /// partition value (DataFusion's encoding of a file keeps it), for the opener.
     fn scan_files(&self, listing: Listing) -> Vec<PartitionedFile> {
         let limit = self.options.max_image_bytes;
-        let images = listing.images.into_iter().map(|image| {
-            let reason = (image.size() > limit).then(|| {
-                format!("file of {} is above the limit of {} (--max-image-bytes)", bytes(image.size()), bytes(limit))
-            });
-            image.into_partitioned_file().with_partition_values(vec![ScalarValue::Utf8(reason)])
-        });
-        let skipped = listing.skipped.into_iter().map(|entry| {
-            let reason = format!("skipped while listing: {}", entry.reason);
-            PartitionedFile::new_from_meta(entry.meta())
-                .with_partition_values(vec![ScalarValue::Utf8(Some(reason))])
-        });
-        images.chain(skipped).collect()
+        listing
+            .into_entries()
+            .map(|entry| {
+                let reason = entry.read_error(limit);
+                // From the listed path as is: built from its text, it would be percent-encoded a
+                // second time and name another object.
+                PartitionedFile::new_from_meta(entry.meta()).with_partition_values(vec![ScalarValue::Utf8(reason)])
+            })
+            .collect()
     }
 
-    /// Groups files into partitions: as many as `files_per_partition` asks, rounded up to a
-    /// multiple of `target_partitions` so that the last wave of tasks keeps every slot busy.
+    /// The listing path's partitions: `files` cut by [`partition_ranges`].
     fn file_groups(&self, files: Vec<PartitionedFile>, target_partitions: usize) -> Vec<FileGroup> {
-        if files.is_empty() {
-            return Vec::new();
+        let ranges = partition_ranges(files.len(), self.options.files_per_partition, target_partitions);
+        let mut files = files.into_iter();
+        ranges.into_iter().map(|range| FileGroup::new(files.by_ref().take(range.len()).collect())).collect()
+    }
+
+    /// The scan of the listing made now (on the scheduler in a cluster): one scan file per
+    /// entry, pruned by the filters on listing columns.
+    async fn scan_listing(&self, state: &dyn Session, filters: &[Expr]) -> Result<(Vec<FileGroup>, usize, ImageSource)> {
+        let store_url = self.location.object_store();
+        let folder = Location::parse(self.location.as_str(), state.runtime_env())?;
+        let listing = list_images(&folder).await?;
+        for entry in &listing.skipped {
+            log::warn!("images: skipped {}: {}", folder.url_of(&entry.location), entry.reason);
         }
-        let slots = target_partitions.max(1);
-        let needed = files.len().div_ceil(self.options.files_per_partition);
-        let groups = needed.div_ceil(slots) * slots;
-        let groups = groups.min(files.len());
-        let per_group = files.len().div_ceil(groups);
-        let mut files = files.into_iter().peekable();
-        let mut out = Vec::with_capacity(groups);
-        while files.peek().is_some() {
-            out.push(FileGroup::new(files.by_ref().take(per_group).collect()));
-        }
-        out
+        let (images, skipped) = (listing.images.len(), listing.skipped.len());
+        let files = prune::prune(self.scan_files(listing), filters, &store_url, state)?;
+        let total = files.len();
+        let groups = self.file_groups(files, state.config().target_partitions());
+        log::info!("images: {images} files under {} ({skipped} entries skipped) in {} partitions", self.location, groups.len());
+        Ok((groups, total, ImageSource::new(images_table_schema())))
+    }
+
+    /// The scan of the work list at `url`: each partition a range of its rows, read by the
+    /// task. The filters are not used to prune: they apply to the rows.
+    async fn scan_worklist(&self, url: &str, state: &dyn Session) -> Result<(Vec<FileGroup>, usize, ImageSource)> {
+        let worklist = Worklist::at(url, state.runtime_env(), self.options.max_image_bytes)?;
+        let (groups, rows) =
+            worklist.slices(self.options.files_per_partition, state.config().target_partitions()).await?;
+        log::info!("images: {rows} entries of the work list {url} in {} partitions", groups.len());
+        Ok((groups, rows, ImageSource::new(images_table_schema()).with_worklist(worklist)))
     }
 }
 
-/// The listing in the work list at `url`.
-async fn read_worklist(url: &str, runtime: &Arc<datafusion::execution::runtime_env::RuntimeEnv>) -> Result<Listing> {
-    let (folder, name) = Location::of_file(url, runtime)?;
-    let bytes = folder
-        .get(&name)
-        .await?
-        .ok_or_else(|| exec_datafusion_err!("the work list {url} is gone (was the run stopped?)"))?;
-    Listing::from_parquet(bytes)
-}
-
-/// `123 B`, `4.5 MiB`, `2.0 GiB`: sizes in messages.
-fn bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
+/// How `count` entries are cut into partitions: as many as `files_per_partition` asks, rounded
+/// up to a multiple of `target_partitions` so that the last wave of tasks keeps every slot
+/// busy, and contiguous, so that the order of the entries is the order of the rows.
+pub(crate) fn partition_ranges(count: usize, files_per_partition: usize, target_partitions: usize) -> Vec<Range<usize>> {
+    if count == 0 {
+        return Vec::new();
     }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
+    let slots = target_partitions.max(1);
+    let needed = count.div_ceil(files_per_partition.max(1));
+    let groups = (needed.div_ceil(slots) * slots).min(count);
+    let per_group = count.div_ceil(groups);
+    (0..count).step_by(per_group).map(|start| start..(start + per_group).min(count)).collect()
 }
 
 #[async_trait]
@@ -241,27 +245,14 @@ impl TableProvider for ImagesTable {
         filters: &[Expr],
         limit: Option<usize>,
     ) -> Result<Arc<dyn ExecutionPlan>> {
-        let store_url = self.location.object_store();
-        let folder = Location::parse(self.location.as_str(), state.runtime_env())?;
-        let listing = match &self.worklist {
-            Some(url) => read_worklist(url, state.runtime_env()).await?,
-            None => list_images(&folder).await?,
+        let (groups, total, source) = match &self.worklist {
+            Some(url) => self.scan_worklist(url, state).await?,
+            None => self.scan_listing(state, filters).await?,
         };
-        // Whoever wrote a work list listed the input and warned already.
-        for entry in listing.skipped.iter().filter(|_| self.worklist.is_none()) {
-            log::warn!("images: skipped {}: {}", folder.url_of(&entry.location), entry.reason);
-        }
-        let (images, skipped) = (listing.images.len(), listing.skipped.len());
-        let files = prune::prune(self.scan_files(listing), filters, &store_url, state)?;
-        let total = files.len();
-        let groups = self.file_groups(files, state.config().target_partitions());
-        log::info!("images: {images} files under {} ({skipped} entries skipped) in {} partitions", self.location, groups.len());
-
         // Exactly one row per entry: the count is exact, so `count(*)` needs no read at all.
         let table_schema = images_table_schema();
         let statistics = Statistics::new_unknown(table_schema.table_schema()).with_num_rows(Precision::Exact(total));
-        let source = Arc::new(ImageSource::new(table_schema));
-        let config = FileScanConfigBuilder::new(store_url, source)
+        let config = FileScanConfigBuilder::new(self.location.object_store(), Arc::new(source))
             .with_file_groups(groups)
             .with_statistics(statistics)
             .with_limit(limit)
@@ -275,29 +266,38 @@ impl TableProvider for ImagesTable {
 mod tests {
     use super::*;
 
-    fn files(n: usize) -> Vec<PartitionedFile> {
-        (0..n).map(|i| ImageFile::new(format!("data/Apple/{i}.jpg").into(), 10).into_partitioned_file()).collect()
-    }
-
-    fn sizes(groups: &[FileGroup]) -> Vec<usize> {
-        groups.iter().map(FileGroup::len).collect()
+    fn sizes(count: usize, files_per_partition: usize, slots: usize) -> Vec<usize> {
+        let ranges = partition_ranges(count, files_per_partition, slots);
+        // Contiguous and complete.
+        assert!(ranges.windows(2).all(|w| w[0].end == w[1].start));
+        assert_eq!((ranges.first().map_or(0, |r| r.start), ranges.last().map_or(0, |r| r.end)), (0, count));
+        ranges.iter().map(ExactSizeIterator::len).collect()
     }
 
     #[test]
     fn groups_are_a_multiple_of_the_task_slots() {
-        let table = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 256, ..Default::default() }).unwrap();
-        let groups = table.file_groups(files(4835), 2);
+        let groups = sizes(4835, 256, 2);
         assert_eq!(groups.len(), 20);
-        assert_eq!(sizes(&groups).iter().sum::<usize>(), 4835);
-        assert!(sizes(&groups).iter().all(|&n| n <= 256));
+        assert!(groups.iter().all(|&n| n <= 256));
     }
 
     #[test]
     fn few_files_still_use_every_slot_but_no_empty_group() {
-        let table = ImagesTable::try_new("/tmp", ScanOptions::default()).unwrap();
-        assert_eq!(sizes(&table.file_groups(files(3), 8)), vec![1, 1, 1]);
-        assert_eq!(sizes(&table.file_groups(files(10), 4)), vec![3, 3, 3, 1]);
-        assert!(table.file_groups(Vec::new(), 4).is_empty());
+        assert_eq!(sizes(3, 256, 8), vec![1, 1, 1]);
+        assert_eq!(sizes(10, 256, 4), vec![3, 3, 3, 1]);
+        assert!(sizes(0, 256, 4).is_empty());
+    }
+
+    #[test]
+    fn the_listing_path_cuts_its_files_by_the_same_ranges() {
+        let table = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 4, ..Default::default() }).unwrap();
+        let listing = Listing {
+            images: (0..10).map(|i| ImageFile::new(format!("data/Apple/{i}.jpg").into(), 10)).collect(),
+            skipped: Vec::new(),
+        };
+        let groups = table.file_groups(table.scan_files(listing), 2);
+        assert_eq!(groups.iter().map(FileGroup::len).collect::<Vec<_>>(), [3, 3, 3, 1]);
+        assert_eq!(groups[1].files()[0].object_meta.location.as_ref(), "data/Apple/3.jpg");
     }
 
     #[test]

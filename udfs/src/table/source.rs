@@ -31,19 +31,25 @@ use datafusion::physical_plan::PhysicalExpr;
 use datafusion::physical_plan::metrics::ExecutionPlanMetricsSet;
 use futures::{FutureExt, StreamExt};
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
 use tokio::task::JoinHandle;
 
 use super::listing::label_of;
 use super::modified_array;
+use super::worklist::Worklist;
 use crate::location::{Naming, StoreError};
 
-/// Reads whole image files as rows of `(path, label, content, size, modified, etag)`.
+/// Reads whole image files as rows of `images` ([`super::images_file_schema`]).
+///
+/// A scan file is either one image (its `read_error` as its partition value) or, when the
+/// source reads a work list, a range of the work list's rows: then the task reads those entries
+/// first, and each becomes a row.
 #[derive(Clone)]
 pub(crate) struct ImageSource {
     table_schema: TableSchema,
     projection: SplitProjection,
     metrics: ExecutionPlanMetricsSet,
+    worklist: Option<Arc<Worklist>>,
 }
 
 impl ImageSource {
@@ -52,7 +58,17 @@ impl ImageSource {
             projection: SplitProjection::unprojected(&table_schema),
             table_schema,
             metrics: ExecutionPlanMetricsSet::new(),
+            worklist: None,
         }
+    }
+
+    /// The same source, its scan files slices of `worklist`.
+    pub(crate) fn with_worklist(self, worklist: Worklist) -> Self {
+        Self { worklist: Some(Arc::new(worklist)), ..self }
+    }
+
+    pub(crate) fn worklist(&self) -> Option<&Worklist> {
+        self.worklist.as_deref()
     }
 }
 
@@ -65,15 +81,24 @@ impl FileSource for ImageSource {
     ) -> Result<Arc<dyn FileOpener>> {
         let file_schema = self.table_schema.file_schema();
         let columns = self.projection.file_indices.clone();
-        // Files the listing marked are not read, so they are not fetched ahead either.
-        let files = config.file_groups.get(partition).map(|group| {
-            group.iter().filter(|f| read_error(f).is_none()).map(|f| (f.object_meta.location.clone(), f.object_meta.size))
-        });
+        // A work list's slice lists its entries only when the task reads it.
+        let files = match &self.worklist {
+            Some(_) => Vec::new(),
+            None => config
+                .file_groups
+                .get(partition)
+                .map(|group| group.iter().map(|f| (f.object_meta.clone(), read_error(f))).collect())
+                .unwrap_or_default(),
+        };
         let opener = Arc::new(ImageOpener {
-            prefetch: Prefetch::new(store, files.into_iter().flatten().collect()),
-            store_url: config.object_store_url.clone(),
-            schema: Arc::new(file_schema.project(&columns)?),
-            columns,
+            prefetch: Prefetch::new(Arc::clone(&store), unread_files(&files)),
+            rows: Arc::new(Rows {
+                store,
+                store_url: config.object_store_url.clone(),
+                schema: Arc::new(file_schema.project(&columns)?),
+                columns,
+            }),
+            worklist: self.worklist.clone(),
         });
         ProjectionOpener::try_new(self.projection.clone(), opener, file_schema)
     }
@@ -118,59 +143,100 @@ impl FileSource for ImageSource {
     }
 }
 
-/// Opens one file as a one-row batch of the projected columns. The bytes are fetched only if
-/// `content` is among them, so `SELECT label, count(*) ...` lists without reading.
+/// Opens a scan file: one image as a one-row batch, or a slice of the work list as a stream of
+/// one-row batches, one per entry.
 struct ImageOpener {
+    /// The reads ahead of a partition of images (empty for a work list's slices, which start
+    /// their own).
     prefetch: Arc<Prefetch>,
-    store_url: ObjectStoreUrl,
-    /// Projected file-schema column indices: 0 path, 1 label, 2 content, 3 size, 4 modified,
-    /// 5 etag.
-    columns: Vec<usize>,
-    schema: SchemaRef,
+    rows: Arc<Rows>,
+    worklist: Option<Arc<Worklist>>,
 }
 
 impl FileOpener for ImageOpener {
     fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
-        let columns = self.columns.clone();
-        let schema = Arc::clone(&self.schema);
-        let naming = Naming::of(&self.store_url);
-        let location = file.object_meta.location.clone();
-        let url = naming.display_url(&self.store_url, &location);
-        let label = label_of(&location, &self.store_url);
-        let meta = file.object_meta.clone();
-        let fetch = (columns.contains(&2) && read_error(&file).is_none()).then(|| self.prefetch.take(&location));
+        let rows = Arc::clone(&self.rows);
+        let Some(worklist) = self.worklist.clone() else {
+            let reason = read_error(&file);
+            let fetch = (rows.reads_content() && reason.is_none()).then(|| self.prefetch.take(&file.object_meta.location));
+            let meta = file.object_meta;
+            return Ok(async move {
+                let batch = rows.row(&meta, reason, fetch).await?;
+                Ok(futures::stream::once(async { Ok(batch) }).boxed())
+            }
+            .boxed());
+        };
         Ok(async move {
-            let content = match fetch {
-                Some(fetch) => {
-                    let fetched = fetch.await.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
-                    content_or_missing(fetched, &url)?
-                }
-                None => None,
-            };
-            let arrays: Vec<ArrayRef> = columns
-                .iter()
-                .map(|column| -> ArrayRef {
-                    match column {
-                        0 => Arc::new(StringArray::from(vec![url.as_str()])),
-                        1 => Arc::new(StringArray::from(vec![label.clone()])),
-                        2 => Arc::new(binary_column(content.clone())),
-                        3 => Arc::new(UInt64Array::from(vec![meta.size])),
-                        4 => Arc::new(modified_array([&meta])),
-                        _ => Arc::new(StringArray::from(vec![meta.e_tag.clone()])),
-                    }
-                })
-                .collect();
-            let batch = RecordBatch::try_new(schema, arrays)?;
-            Ok(futures::stream::once(async { Ok(batch) }).boxed())
+            let limit = worklist.max_image_bytes();
+            let entries: Vec<(ObjectMeta, Option<String>)> =
+                worklist.read(&file).await?.into_iter().map(|entry| (entry.meta(), entry.read_error(limit))).collect();
+            let prefetch = Prefetch::new(Arc::clone(&rows.store), unread_files(&entries));
+            let batches = futures::stream::iter(entries).then(move |(meta, reason)| {
+                let fetch = (rows.reads_content() && reason.is_none()).then(|| prefetch.take(&meta.location));
+                let rows = Arc::clone(&rows);
+                async move { rows.row(&meta, reason, fetch).await }
+            });
+            Ok(batches.boxed())
         }
         .boxed())
     }
 }
 
-/// The reason the listing gave for not reading `file`, if any (its `read_error` value).
-fn read_error(file: &PartitionedFile) -> Option<&str> {
+/// The files of `entries` that are read (those without a `read_error`), with their sizes: what a
+/// [`Prefetch`] fetches ahead.
+fn unread_files(entries: &[(ObjectMeta, Option<String>)]) -> Vec<(Path, u64)> {
+    entries.iter().filter(|(_, reason)| reason.is_none()).map(|(meta, _)| (meta.location.clone(), meta.size)).collect()
+}
+
+/// Makes the row of one entry: the projected columns of `images`. The bytes are fetched only if
+/// `content` is among them, so `SELECT label, count(*) ...` lists without reading.
+struct Rows {
+    store: Arc<dyn ObjectStore>,
+    store_url: ObjectStoreUrl,
+    /// Projected file-schema column indices: 0 path, 1 label, 2 content, 3 size, 4 modified,
+    /// 5 etag, 6 read_error.
+    columns: Vec<usize>,
+    schema: SchemaRef,
+}
+
+impl Rows {
+    fn reads_content(&self) -> bool {
+        self.columns.contains(&2)
+    }
+
+    /// The row of the file `meta`, with its content from `fetch` (no fetch: no content).
+    async fn row(&self, meta: &ObjectMeta, read_error: Option<String>, fetch: Option<Fetch>) -> Result<RecordBatch> {
+        let url = Naming::of(&self.store_url).display_url(&self.store_url, &meta.location);
+        let content = match fetch {
+            Some(fetch) => {
+                let fetched = fetch.await.map_err(|e| DataFusionError::ExecutionJoin(Box::new(e)))?;
+                content_or_missing(fetched, &url)?
+            }
+            None => None,
+        };
+        let arrays: Vec<ArrayRef> = self
+            .columns
+            .iter()
+            .map(|column| -> ArrayRef {
+                match column {
+                    0 => Arc::new(StringArray::from(vec![url.as_str()])),
+                    1 => Arc::new(StringArray::from(vec![label_of(&meta.location, &self.store_url)])),
+                    2 => Arc::new(binary_column(content.clone())),
+                    3 => Arc::new(UInt64Array::from(vec![meta.size])),
+                    4 => Arc::new(modified_array([meta])),
+                    5 => Arc::new(StringArray::from(vec![meta.e_tag.clone()])),
+                    _ => Arc::new(StringArray::from(vec![read_error.clone()])),
+                }
+            })
+            .collect();
+        Ok(RecordBatch::try_new(Arc::clone(&self.schema), arrays)?)
+    }
+}
+
+/// The reason the listing gave for not reading the image `file`, if any: its partition value.
+fn read_error(file: &PartitionedFile) -> Option<String> {
     match file.partition_values.first() {
-        Some(ScalarValue::Utf8(Some(reason))) => Some(reason),
+        Some(ScalarValue::Utf8(Some(reason))) => Some(reason.clone()),
         _ => None,
     }
 }
