@@ -8,7 +8,7 @@
 //! rewritten without them (its features copied, not computed). A result made by another model,
 //! or by a fruits that did not record one, is never mixed with new rows: the run is full.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 
 use anyhow::{Context, Result};
 use fruits_udfs::{CommittedFile, Entry, FeaturesDir, FileVersion, HashKey, Location, Manifest, RunId};
@@ -27,12 +27,10 @@ pub enum Comparison {
     Incremental(Diff),
 }
 
-/// The committed rows the listing has not reached yet, and what it found so far.
+/// The committed rows, and what the listing found of them so far.
 pub struct Diff {
     previous: Manifest,
-    /// Path of each committed row not listed yet, with the index of its file in `previous` and
-    /// its version, all as keys (36 bytes a row); those left at the end are the deleted images.
-    committed: HashMap<HashKey, (u32, HashKey)>,
+    committed: CommittedRows,
     /// For each committed file, the paths of its rows the new result drops.
     dropped: Vec<HashSet<HashKey>>,
     counts: Incremental,
@@ -76,7 +74,7 @@ pub async fn compare_with(features: &FeaturesDir, model: &str, full: bool) -> Re
     if let Some(reason) = reason {
         return Ok(Comparison::Full { reason: Some(reason) });
     }
-    let committed = committed_versions(features, &previous).await?;
+    let committed = CommittedRows::read(features, &previous).await?;
     Ok(Comparison::Incremental(Diff::new(previous, committed)))
 }
 
@@ -101,27 +99,55 @@ impl Comparison {
     }
 }
 
-/// The version of every committed row, by path, with the index of its file in `manifest`.
-async fn committed_versions(features: &FeaturesDir, manifest: &Manifest) -> Result<HashMap<HashKey, (u32, HashKey)>> {
-    let mut rows = HashMap::new();
-    let mut reads = futures::stream::iter(manifest.files.iter().enumerate())
-        .map(|(index, file)| async move {
-            let versions = features
-                .versions(&file.file)
-                .await
-                .with_context(|| format!("cannot read the committed {}", features.file_url(&file.file)))?;
-            anyhow::Ok((index, versions))
-        })
-        .buffer_unordered(CONCURRENT_FILES);
-    while let Some((index, versions)) = reads.try_next().await? {
-        let index = u32::try_from(index).context("more than 2^32 committed files")?;
-        rows.extend(versions.into_iter().map(|(path, version)| (path, (index, version))));
+/// Every committed row as keys (36 bytes a row, in one allocation): its path, the index of its
+/// file in the manifest and its version, sorted by path; and whether the listing reached it. The
+/// rows not reached at the end are the deleted images.
+struct CommittedRows {
+    rows: Vec<(HashKey, u32, HashKey)>,
+    listed: Vec<bool>,
+}
+
+impl CommittedRows {
+    async fn read(features: &FeaturesDir, manifest: &Manifest) -> Result<Self> {
+        let mut rows = Vec::with_capacity(usize::try_from(manifest.rows).unwrap_or(0));
+        let mut reads = futures::stream::iter(manifest.files.iter().enumerate())
+            .map(|(index, file)| async move {
+                let versions = features
+                    .versions(&file.file)
+                    .await
+                    .with_context(|| format!("cannot read the committed {}", features.file_url(&file.file)))?;
+                anyhow::Ok((index, versions))
+            })
+            .buffer_unordered(CONCURRENT_FILES);
+        while let Some((index, versions)) = reads.try_next().await? {
+            let index = u32::try_from(index).context("more than 2^32 committed files")?;
+            rows.extend(versions.into_iter().map(|(path, version)| (path, index, version)));
+        }
+        Ok(Self::new(rows))
     }
-    Ok(rows)
+
+    fn new(mut rows: Vec<(HashKey, u32, HashKey)>) -> Self {
+        rows.sort_unstable_by_key(|(path, _, _)| *path);
+        let listed = vec![false; rows.len()];
+        Self { rows, listed }
+    }
+
+    /// The file index and version of the committed row of `path`, marked as listed.
+    fn take(&mut self, path: &HashKey) -> Option<(u32, HashKey)> {
+        let index = self.rows.binary_search_by_key(path, |(path, _, _)| *path).ok()?;
+        self.listed[index] = true;
+        let (_, file, version) = self.rows[index];
+        Some((file, version))
+    }
+
+    /// The rows the listing did not reach: path and file index.
+    fn not_listed(&self) -> impl Iterator<Item = (HashKey, u32)> + '_ {
+        self.rows.iter().zip(&self.listed).filter(|(_, listed)| !**listed).map(|((path, file, _), _)| (*path, *file))
+    }
 }
 
 impl Diff {
-    fn new(previous: Manifest, committed: HashMap<HashKey, (u32, HashKey)>) -> Self {
+    fn new(previous: Manifest, committed: CommittedRows) -> Self {
         let counts = Incremental { since_run: previous.run_id.clone(), ..Incremental::default() };
         let dropped = vec![HashSet::new(); previous.files.len()];
         Self { previous, committed, dropped, counts }
@@ -130,7 +156,7 @@ impl Diff {
     /// Counts the listed `path` of version `version` as new, changed or unchanged; true when
     /// it is to be featurized.
     fn compare(&mut self, path: HashKey, version: HashKey) -> bool {
-        match self.committed.remove(&path) {
+        match self.committed.take(&path) {
             None => {
                 self.counts.new += 1;
                 true
@@ -149,8 +175,8 @@ impl Diff {
 
     /// The committed rows left over are the deleted images.
     fn finish(mut self) -> Increment {
-        self.counts.deleted = self.committed.len() as u64;
-        for (path, (file, _)) in self.committed {
+        for (path, file) in self.committed.not_listed() {
+            self.counts.deleted += 1;
             self.dropped[file as usize].insert(path);
         }
         let (mut kept, mut trimmed) = (Vec::new(), Vec::new());
@@ -218,11 +244,11 @@ mod tests {
         .unwrap();
         let version = |size| FileVersion::of(&image("x", size).meta).key();
         let key = |p: &str| HashKey::of_path(&url(p));
-        let rows = HashMap::from([
-            (key("A/1.jpg"), (0, version(10))),
-            (key("A/2.jpg"), (0, version(20))),
-            (key("B/1.jpg"), (1, version(30))),
-            (key("B/2.jpg"), (1, version(40))),
+        let rows = CommittedRows::new(vec![
+            (key("A/1.jpg"), 0, version(10)),
+            (key("A/2.jpg"), 0, version(20)),
+            (key("B/1.jpg"), 1, version(30)),
+            (key("B/2.jpg"), 1, version(40)),
         ]);
         // A/1 unchanged, A/2 deleted, B/1 changed (size), B/2 unchanged, C/1 new; a new unreadable folder.
         let listed = [image("in/A/1.jpg", 10), image("in/B/1.jpg", 31), image("in/B/2.jpg", 40), image("in/C/1.jpg", 5)]

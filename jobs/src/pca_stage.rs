@@ -30,7 +30,7 @@ use datafusion::execution::FunctionRegistry;
 use datafusion::parquet::arrow::AsyncArrowWriter;
 use datafusion::prelude::{SessionContext, cast, col, lit};
 use fruits_pca::{FeatureMatrix, Moments, Pca, scatter_png, with_text_chunk};
-use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, PCA_PROJECT, RunId, decode_moments};
+use fruits_udfs::{FEATURE_MOMENTS, Location, Manifest, PCA_PROJECT, RunId, decode_moments, parquet_writer_properties};
 use futures::TryStreamExt;
 use tokio::io::AsyncWriteExt;
 
@@ -167,7 +167,8 @@ async fn write_projections(
         .context("cannot start projecting the features on the components")?;
 
     let schema = projections_schema(k);
-    let mut writer = AsyncArrowWriter::try_new(output.upload(name), Arc::clone(&schema), None)?;
+    // Small row groups: the writer holds the open one, which by default is a million rows.
+    let mut writer = AsyncArrowWriter::try_new(output.upload(name), Arc::clone(&schema), Some(parquet_writer_properties()))?;
     let mut projected = Projected::for_rows(features.manifest.rows);
     while let Some(batch) = stream.try_next().await.context("cannot project the features on the components")? {
         let batch = projected.add(&batch, &schema)?;

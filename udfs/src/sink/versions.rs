@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use datafusion::arrow::array::{Array, AsArray, BooleanArray};
 use datafusion::arrow::compute::filter_record_batch;
 use datafusion::arrow::datatypes::{TimestampNanosecondType, UInt64Type};
 use datafusion::common::exec_datafusion_err;
@@ -58,7 +58,7 @@ impl FileVersion {
 /// 16 bytes of a SHA-256: how an incremental run holds the committed rows' paths and versions,
 /// so that a million rows cost tens of megabytes, not hundreds. Two different paths share a key
 /// with a chance of 2^-128.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HashKey([u8; 16]);
 
 impl HashKey {
@@ -87,9 +87,10 @@ impl FeaturesDir {
         let url = self.file_url(file);
         let builder = ParquetRecordBatchStreamBuilder::new(self.reader(file)).await?;
         let mask = ProjectionMask::columns(builder.parquet_schema(), ["path", "size", "modified", "etag"]);
-        let batches: Vec<RecordBatch> = builder.with_projection(mask).build()?.try_collect().await?;
+        let mut batches = builder.with_projection(mask).build()?;
         let mut versions = Vec::new();
-        for batch in &batches {
+        // Batch by batch: a file of many rows is never held whole.
+        while let Some(batch) = batches.try_next().await? {
             let column = |name: &str| {
                 batch
                     .column_by_name(name)
