@@ -1,13 +1,14 @@
 # The two commands a new user needs, and the steps they rest on.
 #   make run    featurize the sample images on the embedded engine (OUTPUT=out by default)
-#   make test   build everything, install the S3 server the cluster tests use, run every test
+#   make test   build everything, install the S3 server the cluster tests use and the quantize
+#               venv, run every test
 SHARED ?= ../shared
 INPUT  ?= $(SHARED)/data/fruits-360
 MODEL  ?= $(SHARED)/models/mobilenetv2_features.onnx
 OUTPUT ?= out
 CARGO  ?= cargo
 
-.PHONY: setup setup-s3 build run test bench bench-cluster bench-pca bench-incremental bench-scale docker emr-package
+.PHONY: setup setup-s3 setup-quantize build run test bench bench-int8 bench-cluster bench-pca bench-incremental bench-scale docker emr-package
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
@@ -17,6 +18,11 @@ setup:
 setup-s3:
 	./scripts/setup-garage.sh
 
+# The Python of `fruits quantize` (onnxruntime's quantization tool, pinned, about 30 s once,
+# then cached in ~/.cache/fruits/quantize-venv). `fruits run` never needs it.
+setup-quantize:
+	./scripts/setup-quantize.sh
+
 build: setup
 	$(CARGO) build --release --workspace --bins
 
@@ -25,12 +31,16 @@ run: build
 
 # One build of every target: `--bins` alone resolves other dependency features than the tests,
 # which would build DataFusion a second time.
-test: setup setup-s3
+test: setup setup-s3 setup-quantize
 	$(CARGO) build --release --workspace --all-targets
 	$(CARGO) test --release --workspace
 
 bench: build
 	$(CARGO) run --release --quiet --bin fruits -- bench --input "$(INPUT)" --model "$(MODEL)"
+
+# The whole job with the fp32 model and with its int8 copy (`fruits quantize`), in one run.
+bench-int8: build setup-quantize
+	./scripts/bench-int8.sh "$(INPUT)" "$(MODEL)"
 
 bench-cluster: build
 	./scripts/bench-cluster.sh "$(INPUT)" "$(MODEL)"

@@ -19,5 +19,6 @@ mod emr;
 mod fidelity;
 mod incremental;
 mod pca;
+mod quantize;
 mod safety;
 mod uploads;

@@ -9,6 +9,8 @@
 //!   one ONNX graph that computes the same numbers; [`model_files`] adds `model.json`.
 //! * [`LeaveClassesOut`] trains without pairs of labels and measures how well each
 //!   [`ScoreKind`] rejects them.
+//! * [`k_fold_accuracy`] is a k-fold linear probe of a set of features (`fruits quantize`
+//!   compares fp32 and int8 features with it).
 //!
 //! Pure compute: no Arrow, Parquet, object store or async runtime, and no ONNX Runtime
 //! initialisation ([`run_classifier`] and [`measure_latency`] take the caller's session).
@@ -22,6 +24,7 @@ mod metrics;
 mod model;
 mod onnx;
 mod plot;
+mod probe;
 mod rng;
 mod runtime;
 mod score;
@@ -41,6 +44,7 @@ pub use metrics::{ClassMetrics, ConfusionMatrix, Metrics, TrainingSummary, Unkno
 pub use model::{LinearHead, MODEL_FORMAT_VERSION, Model, Prediction};
 pub use onnx::{ComposeOptions, Composed, Dim, PROBABILITIES, TensorInfo, UNKNOWN_SCORE, compose};
 pub use plot::confusion_png;
+pub use probe::{ProbeReport, k_fold_accuracy};
 pub use rng::{SplitMix64, key_hash};
 pub use runtime::{ClassifierOutputs, Latency, measure_latency, run_classifier};
 pub use score::{Metric, ScoreKind, Space, UnknownScore, auroc, calibrate_threshold};

@@ -48,6 +48,9 @@ pub enum Command {
     Train(TrainArgs),
     /// Name the fruit in each photo with a model directory written by `fruits train`.
     Predict(PredictArgs),
+    /// Write a static int8 copy of the model, calibrated on a sample of your images, and print
+    /// how close it stays to the fp32 model on them.
+    Quantize(QuantizeArgs),
 }
 
 /// Which label sets `fruits train` leaves out to measure the unknown-fruit scores.
@@ -98,6 +101,43 @@ pub struct TrainArgs {
 
     /// The backbone (`--model`, the featurize model the features came from), composed with the
     /// head into fruits-classifier.onnx.
+    #[command(flatten)]
+    pub model: ModelArgs,
+
+    #[command(flatten)]
+    pub s3: S3Args,
+}
+
+#[derive(Debug, Args)]
+pub struct QuantizeArgs {
+    /// Folder or s3:// prefix of your images, one folder per label: a sample of them calibrates
+    /// the int8 model, and the same sample measures its fidelity.
+    #[arg(long, value_name = "DIR")]
+    pub calibrate: String,
+
+    /// The int8 model to write (a file there is replaced; the fp32 model is refused).
+    #[arg(long, short, value_name = "Q.onnx")]
+    pub output: PathBuf,
+
+    /// Calibration images, taken from every label in turn (200 calibrate MobileNetV2 well;
+    /// more cost time and change little).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub calibration_images: u64,
+
+    /// Folds of the linear probe that compares the two models' features.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(2..=50))]
+    pub folds: u64,
+
+    /// Decides which images of each label are taken and the probe's folds.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+
+    /// Python with onnxruntime's quantization tool (default: the venv `make setup-quantize`
+    /// makes, in $FRUITS_CACHE_DIR/quantize-venv).
+    #[arg(long, env = "FRUITS_QUANTIZE_PYTHON")]
+    pub python: Option<PathBuf>,
+
+    /// The fp32 model (`--model`) and how it is fed: the int8 model is fed the same way.
     #[command(flatten)]
     pub model: ModelArgs,
 

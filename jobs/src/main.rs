@@ -1,5 +1,5 @@
 //! `fruits`: the client. Runs the featurize job, ad-hoc SQL and the PCA on DataFusion Ballista,
-//! and trains and applies the fruit classifier.
+//! trains and applies the fruit classifier, and quantizes the model to int8.
 //!
 //! Read top-down: [`cli`] holds the options, [`commands`] one pipeline per command, and the
 //! other modules the parts those pipelines are made of (the engine and its scheduler's REST API,
@@ -14,6 +14,7 @@ mod featurize;
 mod increment;
 mod pca_stage;
 mod progress;
+mod quantize;
 mod scheduler_api;
 mod summary;
 mod train_stage;
@@ -60,12 +61,13 @@ async fn dispatch(cli: Cli) -> Result<()> {
         Command::Run(args) => Some(serde_json::to_value(commands::run::run(args, text, cli.quiet).await?)?),
         Command::Pca(args) => Some(commands::pca::run(args, text).await?),
         Command::Train(args) => Some(serde_json::to_value(commands::train::run(args, text).await?)?),
+        Command::Quantize(args) => Some(serde_json::to_value(commands::quantize::run(args, text).await?)?),
         Command::Predict(args) => {
             // Prints its own lines, one per image.
             commands::predict::run(args, cli.json, cli.quiet).await?;
             None
         }
-        _ if cli.json => bail!("--json is supported by `fruits run`, `pca`, `train` and `predict`"),
+        _ if cli.json => bail!("--json is supported by `fruits run`, `pca`, `train`, `quantize` and `predict`"),
         Command::Sql(args) => {
             commands::sql::run(args).await?;
             None

@@ -4,6 +4,7 @@ pub mod bench;
 pub mod download;
 pub mod pca;
 pub mod predict;
+pub mod quantize;
 pub mod run;
 pub mod sql;
 pub mod train;

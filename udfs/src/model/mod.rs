@@ -328,3 +328,33 @@ fn validate(session: &Session, config: &ModelConfig) -> Result<usize, ModelError
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The fingerprint is the file's content and the feeding, not its name: an int8 copy of a
+    /// model (`fruits quantize`) fed the same way gets its own, and a copy of the same bytes
+    /// elsewhere keeps it, so results made with either are never mixed.
+    #[test]
+    fn fingerprint_follows_the_file_content_and_the_feeding() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, bytes).unwrap();
+            ModelConfig::new(path)
+        };
+        let fp32 = fingerprint(&write("model.onnx", b"fp32 weights")).unwrap();
+        let int8 = fingerprint(&write("model-int8.onnx", b"int8 weights")).unwrap();
+        let copy = fingerprint(&write("elsewhere.onnx", b"fp32 weights")).unwrap();
+        assert_ne!(fp32, int8);
+        assert_eq!(fp32, copy);
+        let rest = |f: &str| f.split_once(' ').map(|(_, rest)| rest.to_owned());
+        assert_eq!(rest(&fp32), rest(&int8), "the same feeding");
+        assert_eq!(rest(&fp32).as_deref(), Some("input 224x224 nhwc symmetric resize=pillow-bicubic features"));
+
+        let mut nchw = write("model.onnx", b"fp32 weights");
+        nchw.input.layout = Layout::Nchw;
+        assert_ne!(fingerprint(&nchw).unwrap(), fp32);
+    }
+}
