@@ -12,6 +12,7 @@ CARGO  ?= cargo
 
 setup:
 	@command -v $(CARGO) >/dev/null || { echo "error: cargo not found: install Rust from https://rustup.rs" >&2; exit 1; }
+	./scripts/setup-nasm.sh
 	./scripts/setup-onnxruntime.sh
 
 # Garage, the S3 server of the cluster tests and of a local cluster (built once, then cached).
@@ -35,7 +36,7 @@ test: setup setup-s3 setup-quantize
 	$(CARGO) build --release --workspace --all-targets
 	$(CARGO) test --release --workspace
 
-bench: build
+bench: build setup-quantize
 	$(CARGO) run --release --quiet --bin fruits -- bench --input "$(INPUT)" --model "$(MODEL)"
 
 # The whole job with the fp32 model and with its int8 copy (`fruits quantize`), in one run.

@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
-# Benchmark: the same images on the embedded engine and on a loopback cluster of one
-# fruits-scheduler and two fruits-executors (separate processes, the cores split between them).
-# Prints images/s for each and their ratio. Needs the release binaries (`make build`).
+# Benchmark: how the featurize job scales with executors, on loopback clusters of real
+# fruits-scheduler and fruits-executor processes, one after the other on the same images:
+#
+#   one executor on core 0                       the unit of scaling
+#   two executors, on cores 0 and 1              should be close to twice that (target >= 1.8x)
+#   two executors sharing all cores, defaults    each sees every core: the default must not
+#                                                oversubscribe the host into a collapse
+#   the embedded engine, defaults                for reference
+#
+# Executors run with their defaults (a task slot and a one-thread inference session per core
+# they may use). Prints images/s of each (from summary.json) and the ratios. Needs 2 or more
+# cores and the release binaries (`make build`).
 #
 # Usage: scripts/bench-cluster.sh INPUT MODEL
 set -euo pipefail
@@ -11,7 +20,7 @@ model="${2:?usage: bench-cluster.sh INPUT MODEL}"
 bin="${CARGO_TARGET_DIR:-target}/release"
 [[ -x "${bin}/fruits-executor" ]] || { echo "error: ${bin}/fruits-executor not found: run make build" >&2; exit 1; }
 cores="$(nproc)"
-per_executor=$(( cores / 2 > 0 ? cores / 2 : 1 ))
+[[ "${cores}" -ge 2 ]] || { echo "error: the cluster bench needs 2 cores or more (this machine has ${cores})" >&2; exit 1; }
 work="$(mktemp -d)"
 # shellcheck source=loopback-cluster.sh
 source "$(dirname "${BASH_SOURCE[0]}")/loopback-cluster.sh"
@@ -19,14 +28,33 @@ trap 'stop_cluster; rm -rf "${work}"' EXIT
 
 rate() { python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); print("%.1f %d %.1f" % (s["images_per_second"], s["rows_in"], s["seconds"]))' "$1"; }
 
-start_cluster "${model}" "${per_executor}" "${work}"
+# Runs the job on a fresh cluster of the given executors; prints "images/s images seconds".
+on_cluster() {
+  local name="$1"
+  shift
+  mkdir -p "${work}/${name}"
+  start_cluster "${model}" "${work}/${name}" "$@"
+  "${bin}/fruits" run --quiet --input "${input}" --output "${work}/${name}/out" --scheduler "df://127.0.0.1:${scheduler_port}"
+  stop_cluster
+  rate "${work}/${name}/out/summary.json"
+}
 
-echo "fruits cluster bench: ${cores} cores; embedded with ${cores} task slots, cluster of 2 executors x ${per_executor}"
-"${bin}/fruits" run --quiet --input "${input}" --output "${work}/embedded" --model "${model}" --parallelism "${cores}"
-read -r embedded images embedded_s < <(rate "${work}/embedded/summary.json")
-"${bin}/fruits" run --quiet --input "${input}" --output "${work}/cluster" --scheduler "df://127.0.0.1:${scheduler_port}"
-read -r cluster _ cluster_s < <(rate "${work}/cluster/summary.json")
-printf '  images                      %8d\n' "${images}"
-printf '  embedded (standalone)       %8.1f images/s  (%s s)\n' "${embedded}" "${embedded_s}"
-printf '  loopback cluster, 2 execs   %8.1f images/s  (%s s)\n' "${cluster}" "${cluster_s}"
-python3 -c "import sys; print(f'  cluster / embedded          {float(sys.argv[2]) / float(sys.argv[1]):8.3f}')" "${embedded}" "${cluster}"
+echo "fruits cluster bench: ${cores} cores, $(basename "${model}")"
+read -r one images one_s < <(on_cluster one 0)
+read -r two _ two_s < <(on_cluster two 0 1)
+read -r shared _ shared_s < <(on_cluster shared shared shared)
+"${bin}/fruits" run --quiet --input "${input}" --output "${work}/embedded" --model "${model}"
+read -r embedded _ embedded_s < <(rate "${work}/embedded/summary.json")
+
+printf '  images                                 %8d\n' "${images}"
+printf '  1 executor, core 0                     %8.1f images/s  (%s s)\n' "${one}" "${one_s}"
+printf '  2 executors, cores 0 and 1             %8.1f images/s  (%s s)\n' "${two}" "${two_s}"
+printf '  2 executors sharing %d cores, defaults  %8.1f images/s  (%s s)\n' "${cores}" "${shared}" "${shared_s}"
+printf '  embedded engine, defaults              %8.1f images/s  (%s s)\n' "${embedded}" "${embedded_s}"
+python3 - "${one}" "${two}" "${shared}" "${embedded}" <<'PY'
+import sys
+one, two, shared, embedded = map(float, sys.argv[1:])
+print(f"  2 executors / 1 executor (target >= 1.8)   {two / one:6.2f}x")
+print(f"  shared defaults / pinned                   {shared / two:6.2f}x")
+print(f"  2 pinned executors / embedded              {two / embedded:6.2f}x")
+PY

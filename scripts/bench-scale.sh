@@ -6,7 +6,7 @@
 # figures are what fruits itself costs: listing, planning, reading, decoding, writing,
 # committing and the PCA. The inputs are the sample linked N times over (symlinks under the
 # cache, labels kept). For each size a fresh loopback cluster (one fruits-scheduler, two
-# fruits-executors with one task slot and one inference thread each) runs one `fruits run`;
+# fruits-executors, pinned to cores 0 and 1: one task slot and one session each) runs one `fruits run`;
 # the script prints per-stage seconds from summary.json, the largest image-scan plan a task
 # received, every process's peak RSS (VmHWM), images/s, then the same run again with nothing
 # new (an incremental run: its seconds and client RSS), and the ratios between the sizes. The PCA
@@ -70,7 +70,7 @@ peak_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 
 for n in "${sizes[@]}"; do
   mkdir -p "${work}/cluster-${n}"
-  RUST_LOG="${RUST_LOG:-warn,fruits_udfs=debug}" start_cluster "${model}" 1 "${work}/cluster-${n}"
+  RUST_LOG="${RUST_LOG:-warn,fruits_udfs=debug}" start_cluster "${model}" "${work}/cluster-${n}" 0 1
   echo "running ${n} images ..."
   /usr/bin/time -f '%e %M' -o "${work}/client-${n}.time" \
     "${bin}/fruits" run --quiet --json --pca-mode distributed --scheduler "df://127.0.0.1:${scheduler_port}" \

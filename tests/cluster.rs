@@ -274,11 +274,16 @@ fn a_killed_executor_loses_and_duplicates_nothing() {
     let replacement = cluster.spawn_executor("executor-c", 1, &garage.env());
     cluster.executors.push(replacement);
     let kept: HashSet<String> = manifest.files.iter().map(|f| format!("out/features/{}", f.file)).collect();
-    let args = ["run", "--scheduler", &scheduler, "--input", &input, "--output", &output, "--files-per-partition", "20"];
-    let job = client(&garage, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start fruits");
+    let args =
+        ["run", "--scheduler", &scheduler, "--input", &input, "--output", &output, "--files-per-partition", "20"];
+    let job =
+        client(&garage, &args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("cannot start fruits");
     let started = Instant::now();
     let new_part = || {
-        garage.list(&bucket, "out/features").iter().any(|(key, _)| key.starts_with("out/features/part-") && !kept.contains(key))
+        garage
+            .list(&bucket, "out/features")
+            .iter()
+            .any(|(key, _)| key.starts_with("out/features/part-") && !kept.contains(key))
     };
     while !new_part() {
         assert!(started.elapsed() < Duration::from_secs(180), "no new file\n{}", cluster.logs());

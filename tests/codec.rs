@@ -161,9 +161,11 @@ async fn a_work_list_scan_plans_slices_and_reads_the_listing_rows() {
             };
             ctx.register_table(table, Arc::new(images)).expect("register");
             let plan = ctx.sql(query).await.expect("sql").create_physical_plan().await.expect("physical plan");
-            let bytes = physical_plan_to_bytes_with_extension_codec(plan, &FruitsPhysicalCodec::default()).expect("encode");
-            let decoded = physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &FruitsPhysicalCodec::default())
-                .expect("decode");
+            let bytes =
+                physical_plan_to_bytes_with_extension_codec(plan, &FruitsPhysicalCodec::default()).expect("encode");
+            let decoded =
+                physical_plan_from_bytes_with_extension_codec(&bytes, &ctx.task_ctx(), &FruitsPhysicalCodec::default())
+                    .expect("decode");
             (bytes.len(), decoded)
         }
     };
@@ -177,7 +179,10 @@ async fn a_work_list_scan_plans_slices_and_reads_the_listing_rows() {
     assert!(text.contains("DataSourceExec: file_groups={52 groups"), "{text}");
     // One scan file and its row range per partition, against one file per image.
     assert!(work_bytes * 20 < listed_bytes, "work list plan {work_bytes} B, listing plan {listed_bytes} B");
-    let (expected, actual) = (collect(listed, ctx.task_ctx()).await.expect("listing scan"), collect(work, ctx.task_ctx()).await.expect("work list scan"));
+    let (expected, actual) = (
+        collect(listed, ctx.task_ctx()).await.expect("listing scan"),
+        collect(work, ctx.task_ctx()).await.expect("work list scan"),
+    );
     assert_eq!(actual.iter().map(RecordBatch::num_rows).sum::<usize>(), 4835);
     assert_eq!(show(&actual), show(&expected));
 

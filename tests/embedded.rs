@@ -143,7 +143,8 @@ fn other_formats_featurize_and_decode_limits_are_flags() {
         .map(|r| (r.path.rsplit('/').next().unwrap_or_default().to_owned(), r))
         .collect();
     for fixture in &reference.decode_fixtures {
-        let features = rows[&fixture.file].features.as_ref().unwrap_or_else(|| panic!("{} has no features", fixture.file));
+        let features =
+            rows[&fixture.file].features.as_ref().unwrap_or_else(|| panic!("{} has no features", fixture.file));
         let similarity = cosine(features, &fixture.features);
         assert!(similarity >= 0.999, "{}: cosine {similarity}", fixture.file);
     }
@@ -151,8 +152,18 @@ fn other_formats_featurize_and_decode_limits_are_flags() {
     // 100x100 images under a limit of 9,999 pixels; 30,000 bytes of RGB under 29,999 bytes. With
     // every image failed there is nothing for the PCA stage to fit.
     for (flag, env, limit, error) in [
-        ("--max-image-pixels", "FRUITS_MAX_IMAGE_PIXELS", "9999", "image of 100x100 pixels is above the limit of 9999 pixels"),
-        ("--max-decode-memory", "FRUITS_MAX_DECODE_MEMORY", "29999", "needs more than the limit of 29999 bytes of memory"),
+        (
+            "--max-image-pixels",
+            "FRUITS_MAX_IMAGE_PIXELS",
+            "9999",
+            "image of 100x100 pixels is above the limit of 9999 pixels",
+        ),
+        (
+            "--max-decode-memory",
+            "FRUITS_MAX_DECODE_MEMORY",
+            "29999",
+            "needs more than the limit of 29999 bytes of memory",
+        ),
     ] {
         let out = tempfile::tempdir().expect("temp dir");
         assert_success(&run_job(input.path(), out.path(), &[flag, limit, "--no-pca"]));
@@ -283,4 +294,54 @@ fn sql_writes_featurize_results_to_parquet() {
     assert!(stderr.contains("that `fruits sql` did not write (keep/x.txt)"), "{stderr}");
     assert_eq!(std::fs::read(keep.join("x.txt")).expect("kept"), b"mine");
     assert_eq!(names(&out.path().join("q")), ["keep", "part-00000.parquet"]);
+}
+
+/// `fruits bench --json` measures every figure the README's performance table quotes, on the
+/// same tensors: Python onnxruntime (the quantize venv `make test` sets up), fruits' own
+/// sessions, preprocessing and the job, whose rows are the input's images.
+#[test]
+fn bench_measures_the_limit_and_the_job_on_the_same_tensors() {
+    let input = tempfile::tempdir().expect("temp dir");
+    copy_sample_images(input.path(), "Banana", 12);
+    copy_sample_images(input.path(), "Orange", 12);
+    let dir = input.path().display().to_string();
+    let output =
+        fruits(&["--json", "bench", "--input", &dir, "--model", &model(), "--seconds", "1", "--parallelism", "2"]);
+    assert_success(&output);
+    let bench = last_json_line(&output.stdout);
+    assert_eq!(bench["images"], 24, "{bench}");
+    assert_eq!((bench["sessions"].as_u64(), bench["threads_per_session"].as_u64()), (Some(2), Some(1)), "{bench}");
+    assert_eq!(bench["batch"], 1, "{bench}");
+    assert_eq!(bench["python"]["status"], "measured", "{bench}");
+    assert_eq!(bench["python"]["onnxruntime"], "1.31.1", "{bench}");
+    let rate = |key: &str| bench[key].as_f64().unwrap_or_else(|| panic!("no {key} in {bench}"));
+    let python = bench["python"]["images_per_second"].as_f64().expect("python rate");
+    for value in
+        [python, rate("raw_images_per_second"), rate("preprocess_images_per_second"), rate("job_images_per_second")]
+    {
+        assert!(value > 1.0, "{bench}");
+    }
+    assert_eq!(rate("limit_images_per_second"), python.max(rate("raw_images_per_second")));
+    let share = rate("job_images_per_second") / rate("limit_images_per_second");
+    assert!((rate("job_of_limit") - share).abs() < 1e-9, "{bench}");
+
+    // Without a Python with onnxruntime the bench still runs and says why it skipped that figure.
+    let output = fruits(&[
+        "--json",
+        "bench",
+        "--input",
+        &dir,
+        "--model",
+        &model(),
+        "--seconds",
+        "1",
+        "--python",
+        "/nonexistent/python",
+    ]);
+    assert_success(&output);
+    let bench = last_json_line(&output.stdout);
+    assert_eq!(bench["python"]["status"], "not_measured", "{bench}");
+    let why = bench["python"]["why"].as_str().expect("a reason");
+    assert!(why.contains("/nonexistent/python does not exist") && why.contains("make setup-quantize"), "{why}");
+    assert_eq!(bench["limit_images_per_second"], bench["raw_images_per_second"], "{bench}");
 }

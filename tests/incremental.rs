@@ -13,11 +13,7 @@ use crate::support::*;
 type Rows = BTreeMap<String, (Option<String>, Option<Vec<f32>>, Option<String>)>;
 
 fn committed_rows(out: &Path) -> Rows {
-    read_committed(&out.join("features"))
-        .rows
-        .into_iter()
-        .map(|r| (r.path, (r.label, r.features, r.error)))
-        .collect()
+    read_committed(&out.join("features")).rows.into_iter().map(|r| (r.path, (r.label, r.features, r.error))).collect()
 }
 
 /// Asserts `a` and `b` hold the same images, labels and errors, with features within 1e-6.
@@ -99,7 +95,10 @@ fn reruns_featurize_only_new_and_changed_images_and_match_a_full_run() {
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains("2 new, 1 changed, 1 deleted, 28 unchanged (kept)"), "{stdout}");
     let third = read_summary(out.path());
-    assert_eq!(incremental(out.path()), Incremental { new: 2, changed: 1, deleted: 1, unchanged: 28, since_run: since });
+    assert_eq!(
+        incremental(out.path()),
+        Incremental { new: 2, changed: 1, deleted: 1, unchanged: 28, since_run: since }
+    );
     assert_eq!((third.rows_in, third.rows_out, third.featurized, third.featurized_this_run), (31, 31, 30, 3));
     assert_eq!(third.failed.len(), 1, "{:?}", third.failed);
     let rows = committed_rows(out.path());
@@ -115,7 +114,10 @@ fn reruns_featurize_only_new_and_changed_images_and_match_a_full_run() {
     // --full and another model both featurize everything, and say why.
     assert_success(&run_job(input.path(), out.path(), &["--full"]));
     let full = read_summary(out.path());
-    assert_eq!((full.incremental, full.full_run_reason.as_deref(), full.featurized_this_run), (None, Some("--full was given"), 31));
+    assert_eq!(
+        (full.incremental, full.full_run_reason.as_deref(), full.featurized_this_run),
+        (None, Some("--full was given"), 31)
+    );
     let models = tempfile::tempdir().expect("temp dir");
     let other = retitled_model(models.path()).display().to_string();
     let (input_arg, out_arg) = (input.path().display().to_string(), out.path().display().to_string());
@@ -154,7 +156,10 @@ impl Random {
 fn any_sequence_of_changes_commits_what_a_full_run_commits() {
     let seeds: Vec<u64> = match std::env::var("FRUITS_PROPERTY_SEED") {
         Ok(seed) => vec![seed.parse().expect("FRUITS_PROPERTY_SEED is a number")],
-        Err(_) => vec![0x5eed_0001, std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64) | 1],
+        Err(_) => vec![
+            0x5eed_0001,
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(7, |d| d.as_nanos() as u64) | 1,
+        ],
     };
     // The pool the changes draw from: images of four labels, and a file that does not decode.
     let pool = tempfile::tempdir().expect("temp dir");
@@ -210,7 +215,11 @@ fn any_sequence_of_changes_commits_what_a_full_run_commits() {
             let output = run_job(input.path(), out.path(), &["--no-pca"]);
             assert_success(&output);
             let summary = read_summary(out.path());
-            assert!(summary.incremental.is_some(), "seed {seed} step {step}: not incremental: {:?}", summary.full_run_reason);
+            assert!(
+                summary.incremental.is_some(),
+                "seed {seed} step {step}: not incremental: {:?}",
+                summary.full_run_reason
+            );
             assert_eq!(summary.rows_out, present.len() as u64, "seed {seed} step {step}\n{}", history.join("\n"));
         }
         let fresh = tempfile::tempdir().expect("temp dir");

@@ -56,7 +56,8 @@ fn quantize_writes_an_int8_model_close_to_fp32() {
     assert!(!path.with_extension("onnx.part").exists(), "no partial file is left");
 
     // A model fruits runs, with the fp32 model's input and output.
-    let int8 = Featurizer::load(ModelConfig::new(&path), Parallelism::for_task_slots(1)).expect("a valid model");
+    let int8 =
+        Featurizer::load(ModelConfig::new(&path), Parallelism::one_session_on_all_cores()).expect("a valid model");
     assert_eq!(int8.feature_dim(), 1280);
     assert_eq!(summary["output_fingerprint"], int8.fingerprint());
     assert_ne!(summary["output_fingerprint"], summary["model_fingerprint"]);
@@ -145,7 +146,8 @@ fn a_missing_quantization_tool_names_its_set_up() {
     // No venv in this cache folder, and none given.
     let mut command = Command::new(binary("fruits"));
     command.args(["quantize", "--model"]).arg(model_path()).arg("--calibrate").arg(&input).arg("--output").arg(&output);
-    let failed = command.env("FRUITS_CACHE_DIR", dir.path()).env_remove("FRUITS_QUANTIZE_PYTHON").output().expect("fruits");
+    let failed =
+        command.env("FRUITS_CACHE_DIR", dir.path()).env_remove("FRUITS_QUANTIZE_PYTHON").output().expect("fruits");
     assert!(!failed.status.success());
     let message = stderr(&failed);
     assert!(message.contains("make setup-quantize") && message.contains("scripts/setup-quantize.sh"), "{message}");

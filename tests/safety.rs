@@ -69,8 +69,11 @@ fn awkward_names_huge_files_and_unlistable_entries_lose_nothing_else() {
     let output = run_job(input.path(), out.path(), &["--no-pca"]);
     assert_success(&output);
     let summary = read_summary(out.path());
-    let failed: BTreeMap<String, String> =
-        summary.failed.iter().map(|f| (f.path.rsplit('/').next().unwrap_or_default().to_owned(), f.error.clone())).collect();
+    let failed: BTreeMap<String, String> = summary
+        .failed
+        .iter()
+        .map(|f| (f.path.rsplit('/').next().unwrap_or_default().to_owned(), f.error.clone()))
+        .collect();
     assert_eq!((summary.rows_in, summary.featurized), (8, 5), "{failed:?}");
     assert_eq!(failed["huge.jpg"], "file of 3.0 GiB is above the limit of 256.0 MiB (--max-image-bytes)");
     assert!(failed["caf\u{fffd}.jpg"].contains("not valid UTF-8"), "{failed:?}");
@@ -117,7 +120,8 @@ fn reruns_replace_only_what_fruits_wrote() {
     std::fs::create_dir_all(features.join("nested")).expect("mkdir");
     std::os::unix::fs::symlink(elsewhere.path(), features.join("linked")).expect("symlink");
     std::fs::create_dir_all(out.path().join("pca")).expect("mkdir");
-    let user_files = ["features/readme.txt", "features/nested/x.parquet", "features/part-00007-old-run.parquet", "pca/notes.md"];
+    let user_files =
+        ["features/readme.txt", "features/nested/x.parquet", "features/part-00007-old-run.parquet", "pca/notes.md"];
     for name in user_files {
         std::fs::write(out.path().join(name), b"mine").expect("write");
     }

@@ -106,8 +106,7 @@ mod tests {
 
         // Labels that have nothing to do with the features: about chance (1 in 4).
         let noise: Vec<String> = (0..rows.len()).map(|i| format!("class {}", (i * 7 + i / 3) % 4)).collect();
-        let shuffled: Vec<Row<'_>> =
-            (0..rows.len()).map(|i| Row { label: &noise[i], ..rows.row(i) }).collect();
+        let shuffled: Vec<Row<'_>> = (0..rows.len()).map(|i| Row { label: &noise[i], ..rows.row(i) }).collect();
         let chance = k_fold_accuracy(&shuffled, 5, &TrainOptions::default()).unwrap();
         assert!(chance.accuracy < 0.5, "{chance:?}");
     }
@@ -119,7 +118,8 @@ mod tests {
         let folds = deal(&all, 5, 42);
         for fold in 0..5 {
             for class in 0..3 {
-                let n = (0..all.len()).filter(|&i| folds[i] == fold && all[i].label == format!("class {class}")).count();
+                let n =
+                    (0..all.len()).filter(|&i| folds[i] == fold && all[i].label == format!("class {class}")).count();
                 assert_eq!(n, 2, "fold {fold}, class {class}");
             }
         }

@@ -18,7 +18,7 @@
 # --region             region of the bucket(s); default AWS_REGION, else the node's own region
 #                      (instance metadata service)
 # --executor-vcores    task slots of each executor (default: the node's cores)
-# --inference-threads  ONNX Runtime threads per task slot (default: cores / vcores)
+# --inference-threads  ONNX Runtime threads per task slot (default: 1)
 #
 # Environment (all optional; EMR sets none of them):
 #   EMR_INFO_DIR         where instance.json and job-flow.json are (/mnt/var/lib/info)

@@ -48,7 +48,8 @@ struct Cli {
     #[command(flatten)]
     model: ModelArgs,
 
-    /// Threads of each inference session (default: the cores divided among the task slots).
+    /// Threads of each inference session; there is one session per task slot (default 1, so
+    /// inference uses as many cores as the executor has task slots, `--vcores`).
     #[arg(long, env = "FRUITS_INFERENCE_THREADS")]
     inference_threads: Option<NonZeroUsize>,
 
@@ -88,6 +89,11 @@ async fn main() -> Result<()> {
     let Some(model) = cli.model.config() else {
         bail!("no model: pass --model PATH.onnx or set FRUITS_MODEL (the executor featurizes images with it)");
     };
+    // Ballista reads `--vcores 0` as "every core"; resolved here too, so that each task slot
+    // gets its own session.
+    if config.vcores == 0 {
+        config.vcores = fruits_udfs::available_cores().get();
+    }
     let mut parallelism = Parallelism::for_task_slots(config.vcores);
     if let Some(threads) = cli.inference_threads {
         parallelism = parallelism.with_threads_per_session(threads);

@@ -36,7 +36,8 @@ pub enum Command {
     Run(RunArgs),
     /// Run SQL against the `images` table, with `featurize` and `featurize_or_error` available.
     Sql(SqlArgs),
-    /// Measure images/s of the raw model, of decode+resize and of the full job, on this machine.
+    /// Measure images/s on this machine: Python onnxruntime and fruits' own sessions on ready
+    /// tensors (the limit), decode+resize+scale, and the whole job, and how close the job comes.
     Bench(BenchArgs),
     /// Copy the images under a local folder to an object-store prefix, keeping the folders.
     Upload(UploadArgs),
@@ -335,6 +336,15 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 512)]
     pub sample: usize,
 
+    /// Seconds each ready-tensor and decode measurement runs for (at least).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub seconds: u64,
+
+    /// Python with onnxruntime and numpy, which measures Python onnxruntime's rate on the same
+    /// tensors (default: the venv `make setup-quantize` makes; without one that figure is skipped).
+    #[arg(long, env = "FRUITS_QUANTIZE_PYTHON")]
+    pub python: Option<PathBuf>,
+
     #[command(flatten)]
     pub engine: EngineArgs,
 
@@ -391,9 +401,7 @@ pub struct EngineArgs {
 
 impl EngineArgs {
     pub fn slots(&self) -> usize {
-        self.parallelism
-            .map(|p| p as usize)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        self.parallelism.map(|p| p as usize).unwrap_or_else(|| fruits_udfs::available_cores().get())
     }
 }
 

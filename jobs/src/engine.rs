@@ -104,7 +104,9 @@ impl Engine {
         match api.task_slots().await {
             Ok(0) => log::warn!("no executor has registered with {scheduler} yet: jobs wait for one"),
             Ok(slots) => config = config.with_target_partitions(slots),
-            Err(e) => log::warn!("cannot ask {scheduler} for its executors' task slots ({e:#}); partitions follow this machine's cores"),
+            Err(e) => log::warn!(
+                "cannot ask {scheduler} for its executors' task slots ({e:#}); partitions follow this machine's cores"
+            ),
         }
         if let Some(secret) = &secret {
             // Every call Ballista makes for this session: to the scheduler, and to the executors

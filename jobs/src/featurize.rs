@@ -78,8 +78,8 @@ pub async fn list(
     run_id: &RunId,
     mut keep: impl FnMut(&Location, &Entry) -> bool,
 ) -> Result<Work> {
-    let location = Location::parse(input, &engine.ctx.runtime_env())
-        .with_context(|| format!("invalid input location {input}"))?;
+    let location =
+        Location::parse(input, &engine.ctx.runtime_env()).with_context(|| format!("invalid input location {input}"))?;
     let name = worklist_name(run_id);
     let mut writer = WorklistWriter::create(features.location(), &name)?;
     let mut listed = WorklistCounts::default();
@@ -151,7 +151,9 @@ pub async fn run(
         );
     }
     if let Some(written) = manifest.model.as_deref().filter(|written| *written != model) {
-        bail!("the executors featurized with {written}, not with {model} as they said before the job; nothing was committed");
+        bail!(
+            "the executors featurized with {written}, not with {model} as they said before the job; nothing was committed"
+        );
     }
     Ok(Job { manifest, moments })
 }

@@ -23,7 +23,9 @@ const CONCURRENT_FILES: usize = 16;
 /// goes: nothing holds the listing.
 pub enum Comparison {
     /// Every listed entry is featurized; `reason` says why when a committed result was there.
-    Full { reason: Option<String> },
+    Full {
+        reason: Option<String>,
+    },
     Incremental(Diff),
 }
 
@@ -39,7 +41,9 @@ pub struct Diff {
 /// What a run did with the committed result, once its listing is done.
 pub enum Decision {
     /// Every listed image was featurized; `reason` says why when a committed result was there.
-    Full { reason: Option<String> },
+    Full {
+        reason: Option<String>,
+    },
     Incremental(Increment),
 }
 
@@ -66,9 +70,10 @@ pub async fn compare_with(features: &FeaturesDir, model: &str, full: bool) -> Re
             "the committed run {} does not record its model (it was made by an earlier fruits)",
             previous.run_id
         )),
-        Some(committed) if committed != model => {
-            Some(format!("the committed run {} was made by another model ({committed}; this run uses {model})", previous.run_id))
-        }
+        Some(committed) if committed != model => Some(format!(
+            "the committed run {} was made by another model ({committed}; this run uses {model})",
+            previous.run_id
+        )),
         Some(_) => None,
     };
     if let Some(reason) = reason {
@@ -202,10 +207,9 @@ impl Increment {
     pub async fn carry_over(self, features: &FeaturesDir, run: &RunId) -> Result<Vec<CommittedFile>> {
         let rewritten: Vec<Option<CommittedFile>> = futures::stream::iter(self.trimmed)
             .map(|(file, drop)| async move {
-                features
-                    .rewrite_without(&file, &drop, run)
-                    .await
-                    .with_context(|| format!("cannot rewrite {} without its changed rows", features.file_url(&file.file)))
+                features.rewrite_without(&file, &drop, run).await.with_context(|| {
+                    format!("cannot rewrite {} without its changed rows", features.file_url(&file.file))
+                })
             })
             .buffer_unordered(CONCURRENT_FILES)
             .try_collect()
@@ -251,10 +255,11 @@ mod tests {
             (key("B/2.jpg"), 1, version(40)),
         ]);
         // A/1 unchanged, A/2 deleted, B/1 changed (size), B/2 unchanged, C/1 new; a new unreadable folder.
-        let listed = [image("in/A/1.jpg", 10), image("in/B/1.jpg", 31), image("in/B/2.jpg", 40), image("in/C/1.jpg", 5)]
-            .into_iter()
-            .map(Entry::Image)
-            .chain([Entry::Skipped(Skipped { location: Path::from("in/D"), reason: "cannot read it".into() })]);
+        let listed =
+            [image("in/A/1.jpg", 10), image("in/B/1.jpg", 31), image("in/B/2.jpg", 40), image("in/C/1.jpg", 5)]
+                .into_iter()
+                .map(Entry::Image)
+                .chain([Entry::Skipped(Skipped { location: Path::from("in/D"), reason: "cannot read it".into() })]);
         let mut comparison = Comparison::Incremental(Diff::new(previous, rows));
         let work: Vec<String> =
             listed.filter(|entry| comparison.featurize(&input, entry)).map(|e| e.location().to_string()).collect();
@@ -268,7 +273,10 @@ mod tests {
         let mut trimmed: Vec<(String, Vec<HashKey>)> =
             increment.trimmed.iter().map(|(f, drop)| (f.file.clone(), drop.iter().copied().collect())).collect();
         trimmed.sort_by(|a, b| a.0.cmp(&b.0));
-        assert_eq!(trimmed, [("part-a.parquet".into(), vec![key("A/2.jpg")]), ("part-b.parquet".into(), vec![key("B/1.jpg")])]);
+        assert_eq!(
+            trimmed,
+            [("part-a.parquet".into(), vec![key("A/2.jpg")]), ("part-b.parquet".into(), vec![key("B/1.jpg")])]
+        );
         assert!(!increment.is_empty());
     }
 }

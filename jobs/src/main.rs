@@ -14,6 +14,7 @@ mod featurize;
 mod increment;
 mod pca_stage;
 mod progress;
+mod python;
 mod quantize;
 mod scheduler_api;
 mod summary;
@@ -67,13 +68,12 @@ async fn dispatch(cli: Cli) -> Result<()> {
             commands::predict::run(args, cli.json, cli.quiet).await?;
             None
         }
-        _ if cli.json => bail!("--json is supported by `fruits run`, `pca`, `train`, `quantize` and `predict`"),
+        Command::Bench(args) => Some(serde_json::to_value(commands::bench::run(args, text).await?)?),
+        _ if cli.json => {
+            bail!("--json is supported by `fruits run`, `pca`, `train`, `quantize`, `bench` and `predict`")
+        }
         Command::Sql(args) => {
             commands::sql::run(args).await?;
-            None
-        }
-        Command::Bench(args) => {
-            commands::bench::run(args).await?;
             None
         }
         Command::Upload(args) => {

@@ -168,7 +168,8 @@ async fn write_projections(
 
     let schema = projections_schema(k);
     // Small row groups: the writer holds the open one, which by default is a million rows.
-    let mut writer = AsyncArrowWriter::try_new(output.upload(name), Arc::clone(&schema), Some(parquet_writer_properties()))?;
+    let mut writer =
+        AsyncArrowWriter::try_new(output.upload(name), Arc::clone(&schema), Some(parquet_writer_properties()))?;
     let mut projected = Projected::for_rows(features.manifest.rows);
     while let Some(batch) = stream.try_next().await.context("cannot project the features on the components")? {
         let batch = projected.add(&batch, &schema)?;
@@ -219,7 +220,10 @@ pub async fn remove_leftovers(output: &Location, run_id: &str) -> Result<Vec<Str
 /// Whether `name` (relative to the output folder) is a projections file fruits wrote: a run's,
 /// or the `part-00000.parquet` of fruits before run-named projections.
 pub fn is_projections_file(name: &str) -> bool {
-    let run = name.strip_prefix(PROJECTIONS_DIR).and_then(|n| n.strip_prefix("part-")).and_then(|n| n.strip_suffix(".parquet"));
+    let run = name
+        .strip_prefix(PROJECTIONS_DIR)
+        .and_then(|n| n.strip_prefix("part-"))
+        .and_then(|n| n.strip_suffix(".parquet"));
     run.is_some_and(|run| run == "00000" || RunId::parse(run).is_some())
 }
 
@@ -381,7 +385,8 @@ mod tests {
                 pc.values().append_slice(&[(start as usize + i) as f64, 0.5]);
                 pc.append(true);
             }
-            let paths = StringArray::from_iter_values((0..n).map(|i| format!("s3://b/Apple/{}.jpg", start as usize + i)));
+            let paths =
+                StringArray::from_iter_values((0..n).map(|i| format!("s3://b/Apple/{}.jpg", start as usize + i)));
             let labels = StringArray::from_iter_values((0..n).map(|_| "Apple"));
             let columns: Vec<ArrayRef> = vec![Arc::new(paths), Arc::new(labels), Arc::new(pc.finish())];
             let batch = RecordBatch::try_from_iter(["path", "label", "pc"].into_iter().zip(columns)).unwrap();

@@ -90,7 +90,8 @@ impl Projection {
         if values.len() != 8 * dim * (k + 1) {
             return Err(invalid(format!("{} bytes of values for {k} components of {dim}", values.len())));
         }
-        let values: Vec<f64> = values.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
+        let values: Vec<f64> =
+            values.chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap_or_default())).collect();
         if !values.iter().all(|v| v.is_finite()) {
             return Err(invalid("a value is not finite".into()));
         }

@@ -328,7 +328,11 @@ impl PhysicalExtensionCodec for FruitsPhysicalCodec {
                 restore_e_tags(&mut config, scan.e_tags)?;
                 // What a task receives of the listing: the scale benchmark reads this.
                 let files: usize = config.file_groups.iter().map(|group| group.len()).sum();
-                log::debug!("image scan plan: {} bytes, {files} files in {} groups", buf.len(), config.file_groups.len());
+                log::debug!(
+                    "image scan plan: {} bytes, {files} files in {} groups",
+                    buf.len(),
+                    config.file_groups.len()
+                );
                 Ok(DataSourceExec::from_data_source(config))
             }
             Some(wire::Plan::FeaturesSink(write)) => {

@@ -33,19 +33,21 @@ pub use classifier::{Classifier, ClassifierLoadError, input_spec, preprocessing}
 pub use codec::{FruitsLogicalCodec, FruitsPhysicalCodec};
 pub use lease::{LEASE_FILE, LEASE_TTL, Lease, LeaseError, LeaseHolder};
 pub use location::{Location, PutNew, StoreError, UPLOAD_PART_SIZE, is_url};
-pub use model::{Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism, inference_session};
+pub use model::{
+    Featurizer, ModelConfig, ModelError, ORT_LIBRARY_ENV, ORT_VERSION, Parallelism, available_cores, inference_session,
+};
 pub use moments::{FEATURE_MOMENTS, MERGE_FEATURE_MOMENTS, decode_moments, encode_moments};
 pub use predict::{PREDICT, prediction_type};
-pub use projection::{PCA_PROJECT, coordinates_type};
 pub use preprocess::{DecodeError, DecodeLimits, InputSpec, Layout, RgbImage, Scaling, decode_rgb, resize_bicubic};
+pub use projection::{PCA_PROJECT, coordinates_type};
 pub use sink::{
-    CommittedFile, FeaturesDir, FileVersion, HashKey, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId, WriteFeatures,
-    WriteResult, features_schema, parquet_writer_properties, is_worklist, worklist_name,
+    CommittedFile, FeaturesDir, FileVersion, HashKey, MANIFEST_FILE, MODEL_METADATA_KEY, Manifest, PartFile, RunId,
+    WriteFeatures, WriteResult, features_schema, is_worklist, parquet_writer_properties, worklist_name,
 };
 pub use store::{ObjectStores, S3Options};
 pub use table::{
-    Entry, IMAGES_TABLE, ImageFile, ImagesTable, Listing, READ_ERROR, ScanOptions, Skipped, WorklistCounts, WorklistWriter,
-    list_entries, list_images,
+    Entry, IMAGES_TABLE, ImageFile, ImagesTable, Listing, READ_ERROR, ScanOptions, Skipped, WorklistCounts,
+    WorklistWriter, list_entries, list_images,
 };
 pub use udf::{Backend, FEATURIZE, FEATURIZE_OR_ERROR, MODEL_FINGERPRINT, NO_CONTENT};
 

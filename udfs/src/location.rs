@@ -12,13 +12,13 @@ use std::sync::Arc;
 use bytes::Bytes;
 use datafusion::datasource::listing::ListingTableUrl;
 use datafusion::error::DataFusionError;
+use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
 #[allow(deprecated)]
 use datafusion::parquet::arrow::async_reader::ParquetObjectReader;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
 use object_store::buffered::BufWriter;
-use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::path::{Path, PathPart};
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
@@ -268,7 +268,9 @@ impl Location {
     /// The store path of `name` (which may contain `/`) inside the folder.
     pub fn path(&self, name: &str) -> Path {
         let naming = self.naming();
-        name.split('/').filter(|part| !part.is_empty()).fold(self.url.prefix().clone(), |path, part| naming.join(&path, part))
+        name.split('/')
+            .filter(|part| !part.is_empty())
+            .fold(self.url.prefix().clone(), |path, part| naming.join(&path, part))
     }
 
     pub(crate) fn store(&self) -> &Arc<dyn ObjectStore> {

@@ -9,9 +9,7 @@ use std::sync::Arc;
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Builder, ListBuilder};
 use datafusion::arrow::datatypes::{DataType, Field, Float32Type};
 use datafusion::common::{Result, ScalarValue, exec_datafusion_err, exec_err};
-use datafusion::logical_expr::{
-    ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility,
-};
+use datafusion::logical_expr::{ColumnarValue, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, Volatility};
 use fruits_pca::{FeatureMatrix, Projection};
 
 use crate::udf::features_type;
@@ -82,7 +80,11 @@ fn project(projection: &Projection, features: &ArrayRef) -> Result<ArrayRef> {
             .as_primitive_opt::<Float32Type>()
             .ok_or_else(|| exec_datafusion_err!("{PCA_PROJECT} needs float32 features, got {}", vector.data_type()))?;
         if vector.len() != dim || vector.null_count() > 0 {
-            return exec_err!("{PCA_PROJECT}: a vector has {} values ({} NULL), the PCA {dim}", vector.len(), vector.null_count());
+            return exec_err!(
+                "{PCA_PROJECT}: a vector has {} values ({} NULL), the PCA {dim}",
+                vector.len(),
+                vector.null_count()
+            );
         }
         if vector.values().iter().all(|v| v.is_finite()) {
             rows.push(row);

@@ -44,7 +44,7 @@ pub async fn run(args: &PredictArgs, json: bool, quiet: bool) -> Result<()> {
     config.output_name = args.backbone_output.clone();
     config.input = input;
     config.limits = args.decode.limits();
-    let featurizer = Featurizer::load(config, Parallelism::for_task_slots(1))?;
+    let featurizer = Featurizer::load(config, Parallelism::one_session_on_all_cores())?;
     classifier.check_backbone(&featurizer)?;
 
     let mut failed = 0;

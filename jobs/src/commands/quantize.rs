@@ -16,6 +16,7 @@ use fruits_udfs::{Featurizer, Location, ModelConfig, ObjectStores, Parallelism};
 use serde::Serialize;
 
 use crate::cli::QuantizeArgs;
+use crate::python;
 use crate::quantize::calibration::{self, Calibration};
 use crate::quantize::fidelity::{self, CosineSummary, Probe};
 use crate::quantize::tool::{Tool, ToolReport};
@@ -56,7 +57,7 @@ pub async fn run(args: &QuantizeArgs, text: bool) -> Result<QuantizeSummary> {
     let runtime = ObjectStores::new(args.s3.options()).runtime_env()?;
     let folder = Location::parse(&args.calibrate, &runtime)?;
 
-    let fp32 = Featurizer::load(config.clone(), Parallelism::for_task_slots(1))?;
+    let fp32 = Featurizer::load(config.clone(), Parallelism::one_session_on_all_cores())?;
     let sample = calibration::sample(&folder, &fp32, args.calibration_images as usize, args.seed).await?;
     if text {
         println!(
@@ -74,8 +75,11 @@ pub async fn run(args: &QuantizeArgs, text: bool) -> Result<QuantizeSummary> {
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let quantized = scratch.path().join("int8.onnx");
     let report = quantize(&tool, &config, &sample, &quantized, scratch.path())?;
-    let int8 = Featurizer::load(ModelConfig { model_path: quantized.clone(), ..config.clone() }, Parallelism::for_task_slots(1))
-        .context("the quantization tool wrote a model fruits cannot run")?;
+    let int8 = Featurizer::load(
+        ModelConfig { model_path: quantized.clone(), ..config.clone() },
+        Parallelism::one_session_on_all_cores(),
+    )
+    .context("the quantization tool wrote a model fruits cannot run")?;
     ensure!(
         int8.fingerprint() != fp32.fingerprint(),
         "the quantized model has the fp32 model's fingerprint: the tool wrote the same file"
@@ -120,14 +124,24 @@ fn check_output(model: &Path, output: &Path) -> Result<()> {
         _ => model == output,
     };
     ensure!(!same, "--output {} is the model itself: name a new file for the int8 model", output.display());
-    ensure!(!output.is_dir(), "--output {} is a folder: name the int8 model's file (say model-int8.onnx)", output.display());
+    ensure!(
+        !output.is_dir(),
+        "--output {} is a folder: name the int8 model's file (say model-int8.onnx)",
+        output.display()
+    );
     Ok(())
 }
 
 /// Writes the calibration tensors and runs the tool on them (blocking: a child process).
-fn quantize(tool: &Tool, config: &ModelConfig, sample: &Calibration, quantized: &Path, scratch: &Path) -> Result<ToolReport> {
+fn quantize(
+    tool: &Tool,
+    config: &ModelConfig,
+    sample: &Calibration,
+    quantized: &Path,
+    scratch: &Path,
+) -> Result<ToolReport> {
     let tensors = scratch.join("calibration.npy");
-    calibration::write_npy(&tensors, &config.input.shape(sample.len()), &sample.tensors)?;
+    python::write_npy(&tensors, &config.input.shape(sample.len()), &sample.tensors)?;
     tokio::task::block_in_place(|| tool.quantize(&config.model_path, &tensors, &config.input_name, quantized, scratch))
 }
 

@@ -66,7 +66,8 @@ async fn run_holding(
     meter.lap();
     let mut comparison = increment::compare_with(&features, &model, args.full).await?;
     meter.stages.compare = meter.lap();
-    let work = featurize::list(engine, input, &features, run_id, |input, entry| comparison.featurize(input, entry)).await?;
+    let work =
+        featurize::list(engine, input, &features, run_id, |input, entry| comparison.featurize(input, entry)).await?;
     meter.stages.listing = meter.lap();
     let rows_in = work.listed.rows();
     let decision = comparison.decide();
@@ -76,7 +77,9 @@ async fn run_holding(
     // are there and describe it.
     if let Decision::Incremental(increment) = &decision {
         let committed = &increment.previous.run_id;
-        if increment.is_empty() && let Some(views) = current_views(output, committed, pca).await? {
+        if increment.is_empty()
+            && let Some(views) = current_views(output, committed, pca).await?
+        {
             work.discard(&features).await;
             let files = FeatureFiles { folder: features.clone(), manifest: increment.previous.clone() };
             let history = (Some(increment.counts.clone()), None);
@@ -94,8 +97,7 @@ async fn run_holding(
     // A full job sees every row, so its tasks can return the moments of the whole result.
     let with_moments = matches!(decision, Decision::Full { .. })
         && pca.is_some_and(|pca| pca.mode.resolve(rows_in) == PcaMode::Distributed);
-    let job =
-        featurize::run(engine, &args.input, &work, &features, run_id, &model, with_moments, quiet).await?;
+    let job = featurize::run(engine, &args.input, &work, &features, run_id, &model, with_moments, quiet).await?;
     let featurized_this_run = job.manifest.rows;
     meter.stages.featurize = meter.lap();
     let (files, incremental, full_run_reason) = match decision {
@@ -108,7 +110,8 @@ async fn run_holding(
         }
     };
     meter.stages.carry_over = meter.lap();
-    let files = FeatureFiles { folder: features.clone(), manifest: Manifest::of_files(run_id.as_str(), Some(model), files)? };
+    let files =
+        FeatureFiles { folder: features.clone(), manifest: Manifest::of_files(run_id.as_str(), Some(model), files)? };
     let history = (incremental, full_run_reason);
     let mut summary = summarize(engine, args, output, &files, rows_in, history, featurized_this_run, &meter).await?;
     if text {
@@ -156,7 +159,13 @@ async fn run_holding(
 
 /// Deletes what fruits wrote for runs other than the committed `run` and for failed attempts
 /// (files, unfinished S3 multipart uploads, local staging files), and nothing else.
-async fn remove_leftovers(engine: &Engine, output: &Location, features: &FeaturesDir, lease: &Lease, run: &str) -> Result<()> {
+async fn remove_leftovers(
+    engine: &Engine,
+    output: &Location,
+    features: &FeaturesDir,
+    lease: &Lease,
+    run: &str,
+) -> Result<()> {
     let mut removed = features.remove_leftovers(lease).await?;
     removed.extend(pca_stage::remove_leftovers(output, run).await?);
     // This process's uploads are all complete and it holds the lease: any unfinished one of fruits'
@@ -164,7 +173,9 @@ async fn remove_leftovers(engine: &Engine, output: &Location, features: &Feature
     // run's.
     let owned = |name: &str| {
         [SUMMARY_FILE, PLOT_FILE, CSV_FILE].contains(&name)
-            || name.strip_prefix(FEATURES_DIR).is_some_and(|f| f == MANIFEST_FILE || PartFile::parse(f).is_some() || is_worklist(f))
+            || name
+                .strip_prefix(FEATURES_DIR)
+                .is_some_and(|f| f == MANIFEST_FILE || PartFile::parse(f).is_some() || is_worklist(f))
             || pca_stage::is_projections_file(name)
     };
     removed.extend(engine.stores.abort_incomplete_uploads(output, owned).await?);

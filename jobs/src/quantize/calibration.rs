@@ -1,13 +1,11 @@
 //! The calibration sample: which of the user's images calibrate the int8 model, preprocessed
-//! once by fruits' own featurizer, and the `.npy` file that hands them to the quantization tool.
+//! once by fruits' own featurizer.
 //!
 //! The same tensors later go through both models to measure fidelity, so the tool calibrates
 //! on exactly the inputs `fruits run` would feed (fruits' decode and Pillow-exact resize, not a
 //! Python re-implementation of them).
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 use fruits_classifier::key_hash;
@@ -113,32 +111,6 @@ fn interleave(folder: &Location, images: Vec<ImageFile>, seed: u64) -> Vec<(Imag
     }
 }
 
-/// Writes `values` as a little-endian float32 NumPy array of `shape` (format 1.0: magic, header
-/// length, a Python dict literal padded to a multiple of 64 bytes, then the data).
-pub fn write_npy(path: &Path, shape: &[usize], values: &[f32]) -> Result<()> {
-    debug_assert_eq!(shape.iter().product::<usize>(), values.len());
-    let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
-    let dims = if dims.len() == 1 { format!("{},", dims[0]) } else { dims.join(", ") };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({dims}), }}");
-    let unpadded = 10 + header.len() + 1;
-    header.push_str(&" ".repeat(unpadded.next_multiple_of(64) - unpadded));
-    header.push('\n');
-    let length = u16::try_from(header.len()).context("NumPy header too long")?;
-
-    let write = || -> std::io::Result<()> {
-        let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
-        out.write_all(b"\x93NUMPY\x01\x00")?;
-        out.write_all(&length.to_le_bytes())?;
-        out.write_all(header.as_bytes())?;
-        for chunk in values.chunks(16 * 1024) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-            out.write_all(&bytes)?;
-        }
-        out.into_inner().map_err(std::io::IntoInnerError::into_error)?.sync_all()
-    };
-    write().with_context(|| format!("cannot write the calibration tensors to {}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use object_store::path::Path as StorePath;
@@ -146,30 +118,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn npy_header_is_aligned_and_describes_the_array() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("x.npy");
-        write_npy(&path, &[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
-        let bytes = std::fs::read(&path).unwrap();
-        assert_eq!(&bytes[..8], b"\x93NUMPY\x01\x00");
-        let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-        assert_eq!((10 + header_len) % 64, 0);
-        let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-        assert!(header.starts_with("{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }"), "{header}");
-        assert!(header.ends_with('\n'));
-        let data = &bytes[10 + header_len..];
-        assert_eq!(data.len(), 24);
-        assert_eq!(f32::from_le_bytes(data[20..24].try_into().unwrap()), 6.0);
-    }
-
-    #[test]
     fn labels_take_turns_and_the_order_is_seeded() {
         let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
         let dir = tempfile::tempdir().unwrap();
         let folder = Location::parse(dir.path().to_str().unwrap(), &runtime).unwrap();
         let image = |name: &str| ImageFile::new(folder.path(name), 1);
-        let images =
-            vec![image("A/1.jpg"), image("A/2.jpg"), image("A/3.jpg"), image("B b/1.jpg"), image("top.jpg")];
+        let images = vec![image("A/1.jpg"), image("A/2.jpg"), image("A/3.jpg"), image("B b/1.jpg"), image("top.jpg")];
         let order = interleave(&folder, images.clone(), 1);
         let labels: Vec<Option<&str>> = order.iter().map(|(_, l)| l.as_deref()).collect();
         assert_eq!(labels, [None, Some("A"), Some("B b"), Some("A"), Some("A")]);

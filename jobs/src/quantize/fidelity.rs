@@ -15,12 +15,11 @@ pub fn features(featurizer: &Featurizer, calibration: &Calibration) -> Result<Ve
     let mut features = Vec::with_capacity(calibration.len() * featurizer.feature_dim());
     for start in (0..calibration.len()).step_by(batch) {
         let n = batch.min(calibration.len() - start);
-        let tensors = &calibration.tensors[start * calibration.values_per_image..(start + n) * calibration.values_per_image];
-        features.extend(
-            featurizer
-                .infer(tensors, n)
-                .with_context(|| format!("{} failed on the calibration images", featurizer.config().model_path.display()))?,
-        );
+        let tensors =
+            &calibration.tensors[start * calibration.values_per_image..(start + n) * calibration.values_per_image];
+        features.extend(featurizer.infer(tensors, n).with_context(|| {
+            format!("{} failed on the calibration images", featurizer.config().model_path.display())
+        })?);
     }
     Ok(features)
 }
@@ -90,7 +89,9 @@ pub fn probe(calibration: &Calibration, features: &[f32], dim: usize, folds: usi
     let options = TrainOptions { seed, ..TrainOptions::default() };
     match k_fold_accuracy(&rows, folds, &options) {
         Ok(report) => Probe::Ran(report),
-        Err(e) => Probe::NotRun { error: format!("the linear probe could not run on {} labelled images: {e}", rows.len()) },
+        Err(e) => {
+            Probe::NotRun { error: format!("the linear probe could not run on {} labelled images: {e}", rows.len()) }
+        }
     }
 }
 

@@ -38,6 +38,11 @@ impl Scaling {
             Scaling::ImageNet => (v / 255.0 - IMAGENET_MEAN[channel]) / IMAGENET_STD[channel],
         }
     }
+
+    /// `apply` of every 8-bit value, per channel.
+    fn table(self) -> [[f32; 256]; 3] {
+        std::array::from_fn(|channel| std::array::from_fn(|value| self.apply(value as u8, channel)))
+    }
 }
 
 /// What the model expects of one image.
@@ -74,17 +79,21 @@ impl InputSpec {
     pub fn write_tensor(&self, image: &RgbImage, out: &mut [f32]) {
         assert_eq!((image.width, image.height), (self.width, self.height), "image not resized to the model size");
         assert_eq!(out.len(), self.values_per_image(), "tensor slot size");
+        // One table lookup per value instead of a division: the same floats, computed 768 times.
+        let table = self.scaling.table();
         match self.layout {
             Layout::Nhwc => {
-                for (i, (dst, &src)) in out.iter_mut().zip(&image.pixels).enumerate() {
-                    *dst = self.scaling.apply(src, i % 3);
+                for (dst, rgb) in out.chunks_exact_mut(3).zip(image.pixels.chunks_exact(3)) {
+                    for (c, (dst, &value)) in dst.iter_mut().zip(rgb).enumerate() {
+                        *dst = table[c][usize::from(value)];
+                    }
                 }
             }
             Layout::Nchw => {
                 let plane = image.width as usize * image.height as usize;
                 for (p, rgb) in image.pixels.chunks_exact(3).enumerate() {
                     for (c, &value) in rgb.iter().enumerate() {
-                        out[c * plane + p] = self.scaling.apply(value, c);
+                        out[c * plane + p] = table[c][usize::from(value)];
                     }
                 }
             }

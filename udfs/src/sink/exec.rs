@@ -159,17 +159,17 @@ async fn write_partition(
         check_model(&batch, &mut model)?;
         let batch = flatten(&batch)?;
         if first_path.is_none() && batch.num_rows() > 0 {
-            let paths =
-                input_column(&batch, "path")?.as_string_opt::<i32>().ok_or_else(|| exec_datafusion_err!("path is not Utf8"))?;
+            let paths = input_column(&batch, "path")?
+                .as_string_opt::<i32>()
+                .ok_or_else(|| exec_datafusion_err!("path is not Utf8"))?;
             first_path = Some(paths.value(0).to_owned());
         }
         rows += batch.num_rows() as u64;
         failed += (batch.num_rows() - input_column(&batch, "error")?.null_count()) as u64;
         if let Some(moments) = &mut moments {
-            let features =
-                input_column(&batch, "features")?
-                    .as_list_opt::<i32>()
-                    .ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
+            let features = input_column(&batch, "features")?
+                .as_list_opt::<i32>()
+                .ok_or_else(|| exec_datafusion_err!("features is not a list"))?;
             moments.add_features(features)?;
         }
         writer.write(&batch).await.map_err(|e| write_error(format!("cannot write {url}"), e))?;
@@ -207,9 +207,8 @@ fn input_column<'a>(batch: &'a RecordBatch, name: &str) -> Result<&'a ArrayRef> 
 /// The write's input columns to those of the features files.
 fn flatten(batch: &RecordBatch) -> Result<RecordBatch> {
     let column = |name: &str| input_column(batch, name).map(Arc::clone);
-    let result = input_column(batch, "result")?
-        .as_struct_opt()
-        .ok_or_else(|| exec_datafusion_err!("result is not a struct"))?;
+    let result =
+        input_column(batch, "result")?.as_struct_opt().ok_or_else(|| exec_datafusion_err!("result is not a struct"))?;
     let columns: Vec<ArrayRef> = vec![
         column("path")?,
         column("label")?,

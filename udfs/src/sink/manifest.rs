@@ -241,8 +241,7 @@ impl FeaturesDir {
     pub async fn remove_leftovers(&self, lease: &Lease) -> Result<Vec<String>> {
         lease.check().await.map_err(external)?;
         let committed = self.manifest().await?;
-        let keep: HashSet<&str> =
-            committed.iter().flat_map(|m| m.files.iter().map(|f| f.file.as_str())).collect();
+        let keep: HashSet<&str> = committed.iter().flat_map(|m| m.files.iter().map(|f| f.file.as_str())).collect();
         let mut removed = Vec::new();
         for object in self.location.list().await? {
             let Some(name) = self.location.relative_name(&object.location) else { continue };
@@ -281,7 +280,9 @@ pub fn worklist_name(run: &RunId) -> String {
 
 /// Whether `name` (relative to a features folder) is a run's work list.
 pub fn is_worklist(name: &str) -> bool {
-    name.strip_prefix(WORKLIST_PREFIX).and_then(|n| n.strip_suffix(".parquet")).is_some_and(|r| RunId::parse(r).is_some())
+    name.strip_prefix(WORKLIST_PREFIX)
+        .and_then(|n| n.strip_suffix(".parquet"))
+        .is_some_and(|r| RunId::parse(r).is_some())
 }
 
 fn external(e: impl std::error::Error + Send + Sync + 'static) -> DataFusionError {
@@ -332,7 +333,10 @@ mod tests {
     fn the_model_is_recorded_and_two_models_are_refused() {
         let one = [report(&[("part-r-a.parquet", 3, 0, "s3://b/A/1.jpg"), ("part-r-e.parquet", 0, 0, "")])];
         assert_eq!(Manifest::from_reports("r", &one).unwrap().model.as_deref(), Some("model-a"));
-        let two = [report(&[("part-r-a.parquet", 3, 0, "s3://b/A/1.jpg")]), report_by(&[("part-r-b.parquet", 2, 0, "s3://b/B/1.jpg")], "model-b")];
+        let two = [
+            report(&[("part-r-a.parquet", 3, 0, "s3://b/A/1.jpg")]),
+            report_by(&[("part-r-b.parquet", 2, 0, "s3://b/B/1.jpg")], "model-b"),
+        ];
         let err = Manifest::from_reports("r", &two).unwrap_err().to_string();
         assert!(err.contains("different models (model-a on host:1, model-b on host:1)"), "{err}");
         // A manifest of an earlier fruits, without the field, still reads.
@@ -385,14 +389,14 @@ mod tests {
         let out = Location::parse(&dir.path().display().to_string(), &runtime).unwrap();
         let lease = Lease::acquire(&out, new.run.as_str()).await.unwrap();
 
-        let first = Manifest::from_reports(old.run.as_str(), &[report(&[(&old.name(), 1, 0, "file:///a/b.jpg")])])
-            .unwrap();
+        let first =
+            Manifest::from_reports(old.run.as_str(), &[report(&[(&old.name(), 1, 0, "file:///a/b.jpg")])]).unwrap();
         folder.commit(&first, &lease).await.unwrap();
         folder.begin(&lease).await.unwrap();
         assert_eq!(folder.manifest().await.unwrap(), Some(first), "begin leaves the previous result committed");
 
-        let second = Manifest::from_reports(new.run.as_str(), &[report(&[(&new.name(), 1, 0, "file:///a/b.jpg")])])
-            .unwrap();
+        let second =
+            Manifest::from_reports(new.run.as_str(), &[report(&[(&new.name(), 1, 0, "file:///a/b.jpg")])]).unwrap();
         folder.commit(&second, &lease).await.unwrap();
         let mut removed = folder.remove_leftovers(&lease).await.unwrap();
         removed.sort();

@@ -43,12 +43,19 @@ impl FileVersion {
     pub fn key(&self) -> HashKey {
         let mut hash = Sha256::new();
         hash.update(self.size.to_le_bytes());
+        // A tag byte before each optional part, so that absent and empty differ.
         match self.modified {
-            Some(nanos) => hash.update([&[1u8][..], &nanos.to_le_bytes()].concat()),
+            Some(nanos) => {
+                hash.update([1u8]);
+                hash.update(nanos.to_le_bytes());
+            }
             None => hash.update([0u8]),
         }
         match &self.etag {
-            Some(etag) => hash.update([&[1u8][..], etag.as_bytes()].concat()),
+            Some(etag) => {
+                hash.update([1u8]);
+                hash.update(etag.as_bytes());
+            }
             None => hash.update([0u8]),
         }
         HashKey::of_hash(hash)
@@ -99,8 +106,9 @@ impl FeaturesDir {
             let type_error = |name: &str| exec_datafusion_err!("{url}: the {name} column has an unexpected type");
             let paths = column("path")?.as_string_opt::<i32>().ok_or_else(|| type_error("path"))?;
             let sizes = column("size")?.as_primitive_opt::<UInt64Type>().ok_or_else(|| type_error("size"))?;
-            let modified =
-                column("modified")?.as_primitive_opt::<TimestampNanosecondType>().ok_or_else(|| type_error("modified"))?;
+            let modified = column("modified")?
+                .as_primitive_opt::<TimestampNanosecondType>()
+                .ok_or_else(|| type_error("modified"))?;
             let etags = column("etag")?.as_string_opt::<i32>().ok_or_else(|| type_error("etag"))?;
             for row in 0..batch.num_rows() {
                 let version = FileVersion {
@@ -151,7 +159,8 @@ impl FeaturesDir {
                 continue;
             }
             if first_path.is_none() {
-                first_path = kept.column_by_name("path").and_then(|c| c.as_string_opt::<i32>()).map(|p| p.value(0).to_owned());
+                first_path =
+                    kept.column_by_name("path").and_then(|c| c.as_string_opt::<i32>()).map(|p| p.value(0).to_owned());
             }
             rows += kept.num_rows() as u64;
             failed += kept.column_by_name("error").map_or(0, |e| e.len() - e.null_count()) as u64;

@@ -5,10 +5,12 @@
 //! name that is not UTF-8 would fail the whole job. Here each such entry is kept as a
 //! [`Skipped`] entry, with its reason, and the walk goes on.
 
+use std::borrow::Cow;
+
 use chrono::{DateTime, Utc};
+use datafusion::execution::object_store::ObjectStoreUrl;
 use futures::stream::BoxStream;
 use futures::{StreamExt, TryStreamExt};
-use datafusion::execution::object_store::ObjectStoreUrl;
 use object_store::ObjectMeta;
 use object_store::path::Path;
 
@@ -64,11 +66,12 @@ impl Entry {
         }
     }
 
-    /// The entry as a file (see [`Skipped::meta`]).
-    pub fn meta(&self) -> ObjectMeta {
+    /// The entry as a file (see [`Skipped::meta`]): an image's own, not a copy, since a listing
+    /// of millions asks for each.
+    pub fn meta(&self) -> Cow<'_, ObjectMeta> {
         match self {
-            Entry::Image(image) => image.meta.clone(),
-            Entry::Skipped(skipped) => skipped.meta(),
+            Entry::Image(image) => Cow::Borrowed(&image.meta),
+            Entry::Skipped(skipped) => Cow::Owned(skipped.meta()),
         }
     }
 
@@ -108,7 +111,9 @@ fn bytes(n: u64) -> String {
 
 impl ImageFile {
     pub fn new(location: Path, size: u64) -> Self {
-        Self { meta: ObjectMeta { location, last_modified: DateTime::<Utc>::UNIX_EPOCH, size, e_tag: None, version: None } }
+        Self {
+            meta: ObjectMeta { location, last_modified: DateTime::<Utc>::UNIX_EPOCH, size, e_tag: None, version: None },
+        }
     }
 
     pub fn location(&self) -> &Path {
@@ -168,13 +173,15 @@ pub fn list_entries(location: &Location) -> BoxStream<'static, Result<Entry, Sto
     if let Some(root) = local_folder(location) {
         let (sender, receiver) = tokio::sync::mpsc::channel(WALK_AHEAD);
         let folder = location.url().to_owned();
-        let walk = tokio::task::spawn_blocking(move || walk_local(&root, |entry| sender.blocking_send(Ok(entry)).is_ok()));
+        let walk =
+            tokio::task::spawn_blocking(move || walk_local(&root, |entry| sender.blocking_send(Ok(entry)).is_ok()));
         let entries = futures::stream::unfold(receiver, |mut receiver| async move {
             receiver.recv().await.map(|entry| (entry, receiver))
         });
         // A walk that stopped early (it panicked) ends the stream with an error, not silently.
         let end = futures::stream::once(async move {
-            walk.await.map_err(|e| StoreError::InvalidLocation { location: folder, reason: format!("listing stopped: {e}") })
+            walk.await
+                .map_err(|e| StoreError::InvalidLocation { location: folder, reason: format!("listing stopped: {e}") })
         })
         .filter_map(|ended| async move { ended.err().map(Err) });
         return entries.chain(end).boxed();
@@ -231,7 +238,8 @@ fn walk_local(root: &std::path::Path, mut found: impl FnMut(Entry) -> bool) {
                 let Some(path) = error.path() else { continue };
                 let relative = path.strip_prefix(root).ok().map(|p| p.to_string_lossy().into_owned());
                 // A file that is not an image is not missed; a folder may hold images.
-                if !path.is_dir() && !relative.as_deref().is_some_and(is_image_path) && error.loop_ancestor().is_none() {
+                if !path.is_dir() && !relative.as_deref().is_some_and(is_image_path) && error.loop_ancestor().is_none()
+                {
                     continue;
                 }
                 let reason = match (error.loop_ancestor(), error.io_error()) {
@@ -298,8 +306,12 @@ mod tests {
 
     /// Names people give files: accents (NFC and NFD), spaces and every character that URLs
     /// or object_store paths treat specially.
-    const AWKWARD_NAMES: [&str; 4] =
-        ["p\u{ea}che 1.jpg", "pe\u{302}che 2.jpg", "50% #1 [a] {b} ^c `d` <e> |f| ~g \"h\" *i ?j.jpg", "back\\slash.png"];
+    const AWKWARD_NAMES: [&str; 4] = [
+        "p\u{ea}che 1.jpg",
+        "pe\u{302}che 2.jpg",
+        "50% #1 [a] {b} ^c `d` <e> |f| ~g \"h\" *i ?j.jpg",
+        "back\\slash.png",
+    ];
 
     #[tokio::test]
     async fn local_listing_keeps_awkward_names_and_reports_what_it_cannot_read() {
@@ -319,7 +331,8 @@ mod tests {
         let runtime = datafusion::execution::runtime_env::RuntimeEnv::default();
         let location = Location::parse(&dir.path().display().to_string(), &runtime).unwrap();
         let listing = list_images(&location).await.unwrap();
-        let mut names: Vec<String> = listing.images.iter().map(|f| location.relative_name(f.location()).unwrap()).collect();
+        let mut names: Vec<String> =
+            listing.images.iter().map(|f| location.relative_name(f.location()).unwrap()).collect();
         names.sort();
         let mut expected: Vec<String> = AWKWARD_NAMES.iter().map(|n| format!("Pêche/{n}")).collect();
         expected.sort();

@@ -19,10 +19,10 @@ use async_trait::async_trait;
 use datafusion::arrow::array::TimestampNanosecondArray;
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use datafusion::catalog::Session;
+use datafusion::common::ScalarValue;
 use datafusion::common::stats::Precision;
 use datafusion::common::{Statistics, plan_err};
 use datafusion::datasource::TableProvider;
-use datafusion::common::ScalarValue;
 use datafusion::datasource::TableType;
 use datafusion::datasource::listing::{ListingTableUrl, PartitionedFile};
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder};
@@ -35,8 +35,8 @@ use object_store::ObjectMeta;
 
 pub use listing::{Entry, ImageFile, Listing, Skipped, list_entries, list_images};
 pub(crate) use source::ImageSource;
-pub use worklist::{WorklistCounts, WorklistWriter};
 pub(crate) use worklist::Worklist;
+pub use worklist::{WorklistCounts, WorklistWriter};
 
 use crate::location::Location;
 
@@ -165,7 +165,8 @@ impl ImagesTable {
                 let reason = entry.read_error(limit);
                 // From the listed path as is: built from its text, it would be percent-encoded a
                 // second time and name another object.
-                PartitionedFile::new_from_meta(entry.meta()).with_partition_values(vec![ScalarValue::Utf8(reason)])
+                PartitionedFile::new_from_meta(entry.meta().into_owned())
+                    .with_partition_values(vec![ScalarValue::Utf8(reason)])
             })
             .collect()
     }
@@ -179,7 +180,11 @@ impl ImagesTable {
 
     /// The scan of the listing made now (on the scheduler in a cluster): one scan file per
     /// entry, pruned by the filters on listing columns.
-    async fn scan_listing(&self, state: &dyn Session, filters: &[Expr]) -> Result<(Vec<FileGroup>, usize, ImageSource)> {
+    async fn scan_listing(
+        &self,
+        state: &dyn Session,
+        filters: &[Expr],
+    ) -> Result<(Vec<FileGroup>, usize, ImageSource)> {
         let store_url = self.location.object_store();
         let folder = Location::parse(self.location.as_str(), state.runtime_env())?;
         let listing = list_images(&folder).await?;
@@ -190,7 +195,11 @@ impl ImagesTable {
         let files = prune::prune(self.scan_files(listing), filters, &store_url, state)?;
         let total = files.len();
         let groups = self.file_groups(files, state.config().target_partitions());
-        log::info!("images: {images} files under {} ({skipped} entries skipped) in {} partitions", self.location, groups.len());
+        log::info!(
+            "images: {images} files under {} ({skipped} entries skipped) in {} partitions",
+            self.location,
+            groups.len()
+        );
         Ok((groups, total, ImageSource::new(images_table_schema())))
     }
 
@@ -208,7 +217,11 @@ impl ImagesTable {
 /// How `count` entries are cut into partitions: as many as `files_per_partition` asks, rounded
 /// up to a multiple of `target_partitions` so that the last wave of tasks keeps every slot
 /// busy, and contiguous, so that the order of the entries is the order of the rows.
-pub(crate) fn partition_ranges(count: usize, files_per_partition: usize, target_partitions: usize) -> Vec<Range<usize>> {
+pub(crate) fn partition_ranges(
+    count: usize,
+    files_per_partition: usize,
+    target_partitions: usize,
+) -> Vec<Range<usize>> {
     if count == 0 {
         return Vec::new();
     }
@@ -234,7 +247,13 @@ impl TableProvider for ImagesTable {
     fn supports_filters_pushdown(&self, filters: &[&Expr]) -> Result<Vec<TableProviderFilterPushDown>> {
         Ok(filters
             .iter()
-            .map(|f| if prune::prunable(f) { TableProviderFilterPushDown::Inexact } else { TableProviderFilterPushDown::Unsupported })
+            .map(|f| {
+                if prune::prunable(f) {
+                    TableProviderFilterPushDown::Inexact
+                } else {
+                    TableProviderFilterPushDown::Unsupported
+                }
+            })
             .collect())
     }
 
@@ -302,7 +321,8 @@ mod tests {
 
     #[test]
     fn zero_files_per_partition_is_refused() {
-        let err = ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 0, ..Default::default() }).unwrap_err();
+        let err =
+            ImagesTable::try_new("/tmp", ScanOptions { files_per_partition: 0, ..Default::default() }).unwrap_err();
         assert!(err.to_string().contains("files_per_partition"));
         let huge = ScanOptions { max_image_bytes: 2 << 30, ..Default::default() };
         assert!(ImagesTable::try_new("/tmp", huge).unwrap_err().to_string().contains("max_image_bytes"));

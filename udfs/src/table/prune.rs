@@ -8,13 +8,14 @@ use datafusion::arrow::array::{Array, ArrayRef, AsArray, RecordBatch, StringArra
 use datafusion::arrow::datatypes::{Schema, SchemaRef};
 use datafusion::catalog::Session;
 use datafusion::common::tree_node::{Transformed, TreeNode};
-use datafusion::common::{Column, DFSchema, ScalarValue, exec_datafusion_err};
+use datafusion::common::{Column, DFSchema, exec_datafusion_err};
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::error::Result;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::Expr;
 
 use super::listing::label_of;
+use super::source::read_error;
 use super::{READ_ERROR, images_table_schema, modified_array};
 use crate::location::Naming;
 
@@ -53,7 +54,8 @@ pub(crate) fn prune(
             .data;
         let predicate = state.create_physical_expr(unqualified, &df_schema)?;
         let values = predicate.evaluate(&batch)?.into_array(batch.num_rows())?;
-        let matches = values.as_boolean_opt().ok_or_else(|| exec_datafusion_err!("filter {filter} is not a predicate"))?;
+        let matches =
+            values.as_boolean_opt().ok_or_else(|| exec_datafusion_err!("filter {filter} is not a predicate"))?;
         for (row, keep) in keep.iter_mut().enumerate() {
             *keep &= matches.is_valid(row) && matches.value(row);
         }
@@ -72,10 +74,7 @@ fn listing_schema() -> Result<SchemaRef> {
 fn listing_batch(files: &[PartitionedFile], store: &ObjectStoreUrl, schema: &Arc<Schema>) -> Result<RecordBatch> {
     let naming = Naming::of(store);
     let metas = || files.iter().map(|f| &f.object_meta);
-    let read_errors = files.iter().map(|f| match f.partition_values.first() {
-        Some(ScalarValue::Utf8(reason)) => reason.clone(),
-        _ => None,
-    });
+    let read_errors = files.iter().map(read_error);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(StringArray::from_iter_values(metas().map(|m| naming.display_url(store, &m.location)))),
         Arc::new(StringArray::from_iter(metas().map(|m| label_of(&m.location, store)))),

@@ -17,8 +17,8 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, BinaryArray, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::buffer::{Buffer, OffsetBuffer};
-use datafusion::common::ScalarValue;
 use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::ScalarValue;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileOpenFuture, FileOpener, FileScanConfig, FileSource};
@@ -82,16 +82,12 @@ impl FileSource for ImageSource {
         let file_schema = self.table_schema.file_schema();
         let columns = self.projection.file_indices.clone();
         // A work list's slice lists its entries only when the task reads it.
-        let files = match &self.worklist {
-            Some(_) => Vec::new(),
-            None => config
-                .file_groups
-                .get(partition)
-                .map(|group| group.iter().map(|f| (f.object_meta.clone(), read_error(f))).collect())
-                .unwrap_or_default(),
+        let files = match (&self.worklist, config.file_groups.get(partition)) {
+            (None, Some(group)) => unread_files(group.iter().map(|f| (&f.object_meta, read_error(f)))),
+            _ => Vec::new(),
         };
         let opener = Arc::new(ImageOpener {
-            prefetch: Prefetch::new(Arc::clone(&store), unread_files(&files)),
+            prefetch: Prefetch::new(Arc::clone(&store), files),
             rows: Arc::new(Rows {
                 store,
                 store_url: config.object_store_url.clone(),
@@ -157,8 +153,9 @@ impl FileOpener for ImageOpener {
     fn open(&self, file: PartitionedFile) -> Result<FileOpenFuture> {
         let rows = Arc::clone(&self.rows);
         let Some(worklist) = self.worklist.clone() else {
-            let reason = read_error(&file);
-            let fetch = (rows.reads_content() && reason.is_none()).then(|| self.prefetch.take(&file.object_meta.location));
+            let reason = read_error(&file).map(str::to_owned);
+            let fetch =
+                (rows.reads_content() && reason.is_none()).then(|| self.prefetch.take(&file.object_meta.location));
             let meta = file.object_meta;
             return Ok(async move {
                 let batch = rows.row(&meta, reason, fetch).await?;
@@ -168,9 +165,14 @@ impl FileOpener for ImageOpener {
         };
         Ok(async move {
             let limit = worklist.max_image_bytes();
-            let entries: Vec<(ObjectMeta, Option<String>)> =
-                worklist.read(&file).await?.into_iter().map(|entry| (entry.meta(), entry.read_error(limit))).collect();
-            let prefetch = Prefetch::new(Arc::clone(&rows.store), unread_files(&entries));
+            let entries: Vec<(ObjectMeta, Option<String>)> = worklist
+                .read(&file)
+                .await?
+                .into_iter()
+                .map(|entry| (entry.meta().into_owned(), entry.read_error(limit)))
+                .collect();
+            let unread = unread_files(entries.iter().map(|(meta, reason)| (meta, reason.as_deref())));
+            let prefetch = Prefetch::new(Arc::clone(&rows.store), unread);
             let batches = futures::stream::iter(entries).then(move |(meta, reason)| {
                 let fetch = (rows.reads_content() && reason.is_none()).then(|| prefetch.take(&meta.location));
                 let rows = Arc::clone(&rows);
@@ -184,8 +186,8 @@ impl FileOpener for ImageOpener {
 
 /// The files of `entries` that are read (those without a `read_error`), with their sizes: what a
 /// [`Prefetch`] fetches ahead.
-fn unread_files(entries: &[(ObjectMeta, Option<String>)]) -> Vec<(Path, u64)> {
-    entries.iter().filter(|(_, reason)| reason.is_none()).map(|(meta, _)| (meta.location.clone(), meta.size)).collect()
+fn unread_files<'a>(entries: impl Iterator<Item = (&'a ObjectMeta, Option<&'a str>)>) -> Vec<(Path, u64)> {
+    entries.filter(|(_, reason)| reason.is_none()).map(|(meta, _)| (meta.location.clone(), meta.size)).collect()
 }
 
 /// Makes the row of one entry: the projected columns of `images`. The bytes are fetched only if
@@ -233,10 +235,11 @@ impl Rows {
     }
 }
 
-/// The reason the listing gave for not reading the image `file`, if any: its partition value.
-fn read_error(file: &PartitionedFile) -> Option<String> {
+/// The reason the listing gave for not reading the image `file`, if any: its partition value
+/// (see `ImagesTable::scan_files`).
+pub(crate) fn read_error(file: &PartitionedFile) -> Option<&str> {
     match file.partition_values.first() {
-        Some(ScalarValue::Utf8(Some(reason))) => Some(reason.clone()),
+        Some(ScalarValue::Utf8(Some(reason))) => Some(reason),
         _ => None,
     }
 }
@@ -347,8 +350,11 @@ mod tests {
     async fn reads_ahead_stay_within_the_byte_budget() {
         let store = Arc::new(object_store::memory::InMemory::new());
         let mib = 1 << 20;
-        let files: Vec<(Path, u64)> =
-            [40 * mib, 40 * mib, 40 * mib, 1, 1].iter().enumerate().map(|(i, &size)| (Path::from(format!("{i}.jpg")), size)).collect();
+        let files: Vec<(Path, u64)> = [40 * mib, 40 * mib, 40 * mib, 1, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &size)| (Path::from(format!("{i}.jpg")), size))
+            .collect();
         let prefetch = Prefetch::new(store, files.clone());
         let ahead = |prefetch: &Prefetch| {
             let mut started: Vec<usize> = prefetch.state.lock().unwrap().started.keys().copied().collect();

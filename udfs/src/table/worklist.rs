@@ -7,6 +7,7 @@
 //! two numbers per task, and each task reads its own rows. Planned as one scan file per image,
 //! a million images cost the scheduler 1.5 GB and every task a plan of all its files.
 
+use std::borrow::Cow;
 use std::ops::Range;
 use std::sync::Arc;
 
@@ -21,9 +22,9 @@ use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::parquet::arrow::arrow_reader::{RowSelection, RowSelector};
 use datafusion::parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder};
 use futures::TryStreamExt;
+use object_store::buffered::BufWriter;
 use object_store::path::Path;
 use object_store::{ObjectMeta, ObjectStore, ObjectStoreExt};
-use object_store::buffered::BufWriter;
 
 use super::listing::{Entry, ImageFile, Skipped};
 use super::{modified_array, modified_type, partition_ranges};
@@ -71,7 +72,8 @@ impl WorklistCounts {
 impl WorklistWriter {
     /// A new work list `name` in `folder`.
     pub fn create(folder: &Location, name: &str) -> Result<Self> {
-        let writer = AsyncArrowWriter::try_new(folder.upload(name), worklist_schema(), Some(parquet_writer_properties()))?;
+        let writer =
+            AsyncArrowWriter::try_new(folder.upload(name), worklist_schema(), Some(parquet_writer_properties()))?;
         Ok(Self {
             url: folder.child_url(name),
             writer,
@@ -93,7 +95,7 @@ impl WorklistWriter {
     }
 
     async fn flush(&mut self) -> Result<()> {
-        let metas: Vec<ObjectMeta> = self.pending.iter().map(Entry::meta).collect();
+        let metas: Vec<Cow<'_, ObjectMeta>> = self.pending.iter().map(Entry::meta).collect();
         let reasons = self.pending.iter().map(|entry| match entry {
             Entry::Image(_) => None,
             Entry::Skipped(skipped) => Some(skipped.reason.as_str()),
@@ -101,7 +103,7 @@ impl WorklistWriter {
         let columns: Vec<ArrayRef> = vec![
             Arc::new(StringArray::from_iter_values(metas.iter().map(|m| m.location.as_ref()))),
             Arc::new(UInt64Array::from_iter_values(metas.iter().map(|m| m.size))),
-            Arc::new(modified_array(&metas)),
+            Arc::new(modified_array(metas.iter().map(AsRef::as_ref))),
             Arc::new(StringArray::from_iter(metas.iter().map(|m| m.e_tag.as_deref()))),
             Arc::new(StringArray::from_iter(reasons)),
         ];
@@ -146,7 +148,11 @@ impl Worklist {
 
     /// The scan's partitions (see [`partition_ranges`]), each one scan file: the work list with
     /// the range of its rows as the file's range; and the number of rows.
-    pub(crate) async fn slices(&self, files_per_partition: usize, target_partitions: usize) -> Result<(Vec<FileGroup>, usize)> {
+    pub(crate) async fn slices(
+        &self,
+        files_per_partition: usize,
+        target_partitions: usize,
+    ) -> Result<(Vec<FileGroup>, usize)> {
         let meta = match self.store.head(&self.path).await {
             Ok(meta) => meta,
             Err(object_store::Error::NotFound { .. }) => {
@@ -161,7 +167,8 @@ impl Worklist {
         let groups = partition_ranges(rows, files_per_partition, target_partitions)
             .into_iter()
             .map(|range| {
-                let file = PartitionedFile::new_from_meta(meta.clone()).with_range(range.start as i64, range.end as i64);
+                let file =
+                    PartitionedFile::new_from_meta(meta.clone()).with_range(range.start as i64, range.end as i64);
                 FileGroup::new(vec![file])
             })
             .collect();
@@ -171,17 +178,15 @@ impl Worklist {
     /// The entries of the slice `file` (one of [`Self::slices`]), reading only the row groups
     /// that hold them.
     pub(crate) async fn read(&self, file: &PartitionedFile) -> Result<Vec<Entry>> {
-        let range = file.range.as_ref().ok_or_else(|| exec_datafusion_err!("a work-list scan file without its rows"))?;
+        let range =
+            file.range.as_ref().ok_or_else(|| exec_datafusion_err!("a work-list scan file without its rows"))?;
         let rows = usize::try_from(range.start).unwrap_or(0)..usize::try_from(range.end).unwrap_or(0);
         let reader =
             parquet_reader(Arc::clone(&self.store), file.object_meta.location.clone(), Some(file.object_meta.size));
         let builder = ParquetRecordBatchStreamBuilder::new(reader).await?;
         let (groups, selection) = select(builder.metadata().row_groups().iter().map(|g| g.num_rows() as usize), &rows);
-        let stream = builder
-            .with_row_groups(groups)
-            .with_row_selection(selection)
-            .with_batch_size(ROWS_PER_BATCH)
-            .build()?;
+        let stream =
+            builder.with_row_groups(groups).with_row_selection(selection).with_batch_size(ROWS_PER_BATCH).build()?;
         let batches: Vec<RecordBatch> = stream.try_collect().await?;
         let mut entries = Vec::with_capacity(rows.len());
         for batch in &batches {
@@ -222,11 +227,13 @@ fn select(group_rows: impl Iterator<Item = usize>, rows: &Range<usize>) -> (Vec<
 
 /// The entries of a batch of work-list rows.
 fn entries_of(batch: &RecordBatch) -> Result<Vec<Entry>> {
-    let column =
-        |name: &str| batch.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the work list has no {name} column"));
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| exec_datafusion_err!("the work list has no {name} column"))
+    };
     let locations = column("location")?.as_string_opt::<i32>().ok_or_else(|| type_error("location"))?;
     let sizes = column("size")?.as_primitive_opt::<UInt64Type>().ok_or_else(|| type_error("size"))?;
-    let modified = column("modified")?.as_primitive_opt::<TimestampNanosecondType>().ok_or_else(|| type_error("modified"))?;
+    let modified =
+        column("modified")?.as_primitive_opt::<TimestampNanosecondType>().ok_or_else(|| type_error("modified"))?;
     let etags = column("etag")?.as_string_opt::<i32>().ok_or_else(|| type_error("etag"))?;
     let skipped = column("skipped")?.as_string_opt::<i32>().ok_or_else(|| type_error("skipped"))?;
     (0..batch.num_rows())
@@ -270,7 +277,10 @@ mod tests {
         image.meta.e_tag = Some("\"abc\"".into());
         let mut entries = vec![Entry::Image(image)];
         entries.extend((0..20_000).map(|i| Entry::Image(ImageFile::new(Path::from(format!("in/Apple/{i}.jpg")), i))));
-        entries.push(Entry::Skipped(Skipped { location: Path::from("in/locked"), reason: "cannot read it: denied".into() }));
+        entries.push(Entry::Skipped(Skipped {
+            location: Path::from("in/locked"),
+            reason: "cannot read it: denied".into(),
+        }));
 
         let mut writer = WorklistWriter::create(&folder, "_worklist-x.parquet").unwrap();
         for entry in entries.clone() {
@@ -301,7 +311,10 @@ mod tests {
         let runtime = memory_runtime();
         let worklist = Worklist::at("memory:///out/features/_worklist-gone.parquet", &runtime, 1000).unwrap();
         let error = worklist.slices(256, 2).await.unwrap_err();
-        assert!(error.to_string().contains("the work list memory:///out/features/_worklist-gone.parquet is gone"), "{error}");
+        assert!(
+            error.to_string().contains("the work list memory:///out/features/_worklist-gone.parquet is gone"),
+            "{error}"
+        );
     }
 
     #[test]

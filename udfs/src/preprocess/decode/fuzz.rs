@@ -257,7 +257,8 @@ fn seeds() -> Vec<(String, Vec<u8>)> {
             let row: Vec<u8> = (0..12 * channels * usize::from(depth / 8)).map(|i| (i * 29 % 256) as u8).collect();
             let rows: Vec<&[u8]> = (0..6).map(|_| row.as_slice()).collect();
             let palette: Vec<u8> = (0..=255u8).flat_map(|i| [i, 255 - i, i / 2]).collect();
-            let chunks: Vec<(&[u8; 4], &[u8])> = if color_type == 3 { vec![(b"PLTE", palette.as_slice())] } else { vec![] };
+            let chunks: Vec<(&[u8; 4], &[u8])> =
+                if color_type == 3 { vec![(b"PLTE", palette.as_slice())] } else { vec![] };
             seeds.push((format!("png{color_type}x{depth}"), encode_png(12, 6, depth, color_type, &rows, &chunks)));
         }
     }

@@ -70,7 +70,10 @@ fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Dec
     if shape != (width, height, channels) {
         return Err(DecodeError::Corrupt {
             format: "JPEG",
-            message: format!("libjpeg produces {}x{}x{} samples for a {width}x{height} image", shape.0, shape.1, shape.2),
+            message: format!(
+                "libjpeg produces {}x{}x{} samples for a {width}x{height} image",
+                shape.0, shape.1, shape.2
+            ),
         });
     }
 
@@ -423,7 +426,9 @@ mod tests {
 
     /// Smooth ramps, which JPEG coding keeps within a few levels.
     fn four_channel_pixels(width: usize, height: usize) -> Vec<u8> {
-        (0..width * height).flat_map(|i| [(i % width * 8) as u8, (i / width * 16) as u8, 200, (255 - i % width * 2) as u8]).collect()
+        (0..width * height)
+            .flat_map(|i| [(i % width * 8) as u8, (i / width * 16) as u8, 200, (255 - i % width * 2) as u8])
+            .collect()
     }
 
     #[test]

@@ -257,8 +257,9 @@ mod tests {
     #[test]
     fn large_valid_image_decodes_and_obeys_the_memory_limit() {
         let (width, height) = (6000, 4000);
-        let pixels: Vec<u8> =
-            (0..width * height).flat_map(|i| [(i % width * 255 / width) as u8, (i / width * 255 / height) as u8, 90]).collect();
+        let pixels: Vec<u8> = (0..width * height)
+            .flat_map(|i| [(i % width * 255 / width) as u8, (i / width * 255 / height) as u8, 90])
+            .collect();
         let jpeg = encode_jpeg_from(mozjpeg::ColorSpace::JCS_RGB, width, height, &pixels, |c| c.set_fastest_defaults());
         let image = decode_rgb(&jpeg, &DecodeLimits::default()).expect("decode");
         assert_eq!((image.width, image.height), (6000, 4000));

@@ -44,7 +44,8 @@ fn decode_unguarded(bytes: &[u8], limits: &DecodeLimits) -> Result<RgbImage, Dec
     check_size(width as u64, height as u64, limits)?;
     let frame_len = header.output_buffer_size().ok_or_else(out_of_memory)?;
     let rgb_len = width.checked_mul(height).and_then(|n| n.checked_mul(3)).ok_or_else(out_of_memory)?;
-    let decoder_budget = max_memory.checked_sub(frame_len).and_then(|b| b.checked_sub(rgb_len)).ok_or_else(out_of_memory)?;
+    let decoder_budget =
+        max_memory.checked_sub(frame_len).and_then(|b| b.checked_sub(rgb_len)).ok_or_else(out_of_memory)?;
     drop(header);
 
     let mut reader = reader(decoder_budget)?;
@@ -200,9 +201,16 @@ pub(super) mod tests {
     fn rgb_16_bit_keeps_the_high_byte() {
         let row: Vec<u16> = SIXTEEN_BIT.iter().flat_map(|&v| [v, v, 65535 - v]).collect();
         let png = encode(8, 1, 16, 2, &[&be16(&row)], &[]);
-        let expected = [[0, 0, 255], [0, 0, 255], [0, 0, 255], [1, 1, 254], [3, 3, 252], [128, 128, 127], [255, 255, 0], [
-            255, 255, 0,
-        ]];
+        let expected = [
+            [0, 0, 255],
+            [0, 0, 255],
+            [0, 0, 255],
+            [1, 1, 254],
+            [3, 3, 252],
+            [128, 128, 127],
+            [255, 255, 0],
+            [255, 255, 0],
+        ];
         assert_eq!(decode(&png), expected);
     }
 
